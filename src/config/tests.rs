@@ -1,0 +1,154 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Error> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+fn error_of(text: &str) -> (usize, String, String) {
+    match parse(text) {
+        Err(Error::Invalid {
+            line, key, message, ..
+        }) => (line, key, message),
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+const GOOD: &str = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:9900"
+
+[listeners.web]
+bind = ["127.0.0.1:8080", "[::1]:8080"]
+mode = "http"
+upstream = "app"
+
+[listeners.hello]
+bind = "127.0.0.1:9001"
+mode = "http"
+respond = { status = 200, body = "hi\n", headers = { "content-type" = "text/plain" } }
+
+[upstreams.app]
+connect_timeout = "500ms"
+servers = [
+  { address = "127.0.0.1:8081", weight = 3 },
+  { address = "127.0.0.1:8082" },
+  { address = "127.0.0.1:8083", backup = true },
+  { address = "localhost:8084", down = true },
+]
+"#;
+
+#[test]
+fn a_full_config_parses_with_defaults_filled_in() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(config.runtime.worker_threads, 2);
+    assert_eq!(config.runtime.max_connections, 65536);
+    assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(5));
+    let web = config.listeners.iter().find(|l| l.name == "web").unwrap();
+    assert_eq!(web.binds.len(), 2);
+    assert!(web.reuse_port);
+    assert_eq!(web.backlog, 1024);
+    let app = &config.upstreams[0];
+    assert_eq!(app.strategy, StrategyKind::RoundRobin);
+    assert_eq!(app.connect_timeout, Duration::from_millis(500));
+    assert_eq!(app.response_timeout, Duration::from_secs(30));
+    assert_eq!(app.retries, 2);
+    assert_eq!(app.servers[0].weight, 3);
+    assert_eq!(app.servers[1].weight, 1);
+    assert!(app.servers[2].backup);
+    assert!(app.servers[3].down);
+    assert_eq!(app.servers[3].addr.port(), 8084);
+}
+
+#[test]
+fn zero_weight_is_rejected_at_its_line() {
+    let text = GOOD.replace("weight = 3", "weight = 0");
+    let (line, key, message) = error_of(&text);
+    assert_eq!(line, 22);
+    assert_eq!(key, "upstreams.app.servers[0].weight");
+    assert!(message.contains("1..=1000"), "{message}");
+}
+
+#[test]
+fn a_missing_upstream_points_at_the_listeners_upstream_line() {
+    let text = GOOD.replace("upstream = \"app\"", "upstream = \"nope\"");
+    let (line, key, _) = error_of(&text);
+    assert_eq!(line, 12);
+    assert_eq!(key, "listeners.web.upstream");
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let text = GOOD.replace("connect_timeout", "conect_timeout");
+    let (line, key, _) = error_of(&text);
+    assert_eq!(line, 20);
+    assert_eq!(key, "conect_timeout");
+}
+
+#[test]
+fn bad_durations_are_named() {
+    let text = GOOD.replace("\"500ms\"", "\"fast\"");
+    let (_, key, message) = error_of(&text);
+    assert_eq!(key, "upstreams.app.connect_timeout");
+    assert!(message.contains("not a duration"), "{message}");
+}
+
+#[test]
+fn tcp_with_respond_is_rejected() {
+    let text = GOOD.replace(
+        "bind = \"127.0.0.1:9001\"\nmode = \"http\"",
+        "bind = \"127.0.0.1:9001\"\nmode = \"tcp\"",
+    );
+    let (_, key, _) = error_of(&text);
+    assert_eq!(key, "listeners.hello.respond");
+}
+
+#[test]
+fn two_listeners_on_one_address_are_rejected() {
+    let text = GOOD.replace("127.0.0.1:9001", "127.0.0.1:8080");
+    let (_, key, message) = error_of(&text);
+    assert_eq!(key, "listeners.web.bind");
+    assert!(message.contains("already bound"), "{message}");
+}
+
+#[test]
+fn an_upstream_without_servers_is_rejected() {
+    let text = r#"
+[upstreams.app]
+servers = []
+"#;
+    let (line, key, _) = error_of(text);
+    assert_eq!(line, 3);
+    assert_eq!(key, "upstreams.app.servers");
+}
+
+#[test]
+fn reserved_keys_say_not_supported_yet() {
+    let text = GOOD.replace(
+        "[upstreams.app]\n",
+        "[upstreams.app]\nslow_start = \"10s\"\n",
+    );
+    let (_, key, message) = error_of(&text);
+    assert_eq!(key, "upstreams.app.slow_start");
+    assert!(message.contains("not supported yet"), "{message}");
+}
+
+#[test]
+fn unparsable_bind_addresses_are_rejected() {
+    let text = GOOD.replace("\"[::1]:8080\"", "\"::1:8080\"");
+    let (_, key, _) = error_of(&text);
+    assert_eq!(key, "listeners.web.bind");
+}
+
+#[test]
+fn a_listener_needs_exactly_one_target() {
+    let text = GOOD.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nrespond = { status = 200 }",
+    );
+    let (_, key, _) = error_of(&text);
+    assert_eq!(key, "listeners.web.upstream");
+}

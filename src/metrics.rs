@@ -1,0 +1,133 @@
+//! Metric names and pre-resolved handles.
+//!
+//! Every series is registered once per label set when a snapshot or listener is built, never looked up
+//! by name on the request path. The status-code dimension of `fulcrum_requests_total` is open-ended,
+//! so [`CodeCounters`] resolves each code's handle the first time it is seen and keeps it.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+/// `fulcrum_requests_total`.
+pub const REQUESTS_TOTAL: &str = "fulcrum_requests_total";
+/// `fulcrum_upstream_response_seconds` (a histogram: buckets are set on the exporter).
+pub const UPSTREAM_RESPONSE_SECONDS: &str = "fulcrum_upstream_response_seconds";
+/// `fulcrum_connections_active`.
+pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+/// `fulcrum_connections_total`.
+pub const CONNECTIONS_TOTAL: &str = "fulcrum_connections_total";
+/// `fulcrum_server_up`.
+pub const SERVER_UP: &str = "fulcrum_server_up";
+
+/// Histogram buckets for upstream response time, in seconds (1 ms to 30 s).
+pub const RESPONSE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Slots in a [`CodeCounters`]; a code lands in slot `code % SLOTS`. 64 keeps the common codes
+/// (200, 204, 301, 302, 304, 400, 404, 500, 502, 503, 504) in distinct slots.
+const SLOTS: usize = 64;
+
+/// `fulcrum_requests_total{listener,upstream,server,code}` for one (listener, upstream, server).
+pub struct CodeCounters {
+    labels: Arc<[(&'static str, String); 3]>,
+    slots: Box<[OnceLock<(u16, Counter)>]>,
+}
+
+impl CodeCounters {
+    /// Handles for one label set; `upstream` and `server` are empty where no server was involved.
+    pub fn new(listener: &str, upstream: &str, server: &str) -> Self {
+        CodeCounters {
+            labels: Arc::new([
+                ("listener", listener.to_string()),
+                ("upstream", upstream.to_string()),
+                ("server", server.to_string()),
+            ]),
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one response sent to the client with status `code`.
+    pub fn inc(&self, code: u16) {
+        let slot = &self.slots[code as usize % SLOTS];
+        let (owner, counter) = slot.get_or_init(|| (code, self.register(code)));
+        if *owner == code {
+            counter.increment(1);
+        } else {
+            // A rare code sharing a slot with a common one: resolve by name this once.
+            self.register(code).increment(1);
+        }
+    }
+
+    fn register(&self, code: u16) -> Counter {
+        let [l, u, s] = &*self.labels;
+        counter!(REQUESTS_TOTAL, l.0 => l.1.clone(), u.0 => u.1.clone(), s.0 => s.1.clone(), "code" => code.to_string())
+    }
+}
+
+/// Per-server series labelled `{upstream, server}`.
+pub struct ServerMetrics {
+    /// Time from sending the request to the response head.
+    pub response_seconds: Histogram,
+    /// 1 when the server may take traffic, 0 otherwise.
+    pub up: Gauge,
+}
+
+impl ServerMetrics {
+    /// Registers the series of one server of one upstream.
+    pub fn new(upstream: &str, server: &str) -> Self {
+        let labels = [
+            ("upstream", upstream.to_string()),
+            ("server", server.to_string()),
+        ];
+        ServerMetrics {
+            response_seconds: histogram!(UPSTREAM_RESPONSE_SECONDS, &labels),
+            up: gauge!(SERVER_UP, &labels),
+        }
+    }
+}
+
+/// Per-listener connection series.
+pub struct ListenerMetrics {
+    /// Client connections open now.
+    pub active: Gauge,
+    /// Client connections accepted since start.
+    pub total: Counter,
+}
+
+impl ListenerMetrics {
+    /// Registers the series of one listener.
+    pub fn new(listener: &str) -> Self {
+        let labels = [("listener", listener.to_string())];
+        ListenerMetrics {
+            active: gauge!(CONNECTIONS_ACTIVE, &labels),
+            total: counter!(CONNECTIONS_TOTAL, &labels),
+        }
+    }
+}
+
+/// Why the metrics recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The exporter rejected its configuration.
+    #[error("metrics exporter: {0}")]
+    Build(#[from] metrics_exporter_prometheus::BuildError),
+    /// A global recorder was already installed.
+    #[error("metrics recorder already installed")]
+    AlreadyInstalled,
+}
+
+/// Installs the Prometheus recorder as the process-wide one and returns the handle `/metrics`
+/// renders from. Must run before any handle is registered (earlier handles would be no-ops).
+pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, InstallError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(UPSTREAM_RESPONSE_SECONDS.to_string()),
+            RESPONSE_BUCKETS,
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| InstallError::AlreadyInstalled)?;
+    Ok(handle)
+}

@@ -1,0 +1,133 @@
+use std::time::Duration;
+
+use super::*;
+
+fn server(
+    address: &str,
+    weight: u32,
+    backup: bool,
+    down: bool,
+    max_connections: u32,
+) -> ServerConfig {
+    ServerConfig {
+        address: address.to_string(),
+        addr: address.parse().unwrap(),
+        weight,
+        backup,
+        down,
+        max_connections,
+    }
+}
+
+fn upstream(servers: Vec<ServerConfig>) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "app".into(),
+        strategy: StrategyKind::RoundRobin,
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(1),
+        retries: 2,
+        pool_idle_timeout: Duration::from_secs(4),
+        pool_max_idle_per_server: 8,
+        servers,
+    }
+}
+
+fn ctx() -> PickContext<'static> {
+    PickContext {
+        client: "127.0.0.1:9".parse().unwrap(),
+        head: None,
+    }
+}
+
+fn first_address(snap: &Snapshot) -> Option<String> {
+    snap.candidates(&ctx())
+        .next()
+        .map(|s| s.config.address.clone())
+}
+
+#[test]
+fn backups_are_used_only_when_no_primary_is_eligible() {
+    let up = Upstream::new(
+        &upstream(vec![
+            server("127.0.0.1:1", 1, false, false, 0),
+            server("127.0.0.1:2", 1, true, false, 0),
+        ]),
+        &[],
+    );
+    let snap = up.load();
+    for _ in 0..4 {
+        assert_eq!(first_address(&snap).as_deref(), Some("127.0.0.1:1"));
+    }
+    assert_eq!(
+        snap.candidates(&ctx()).count(),
+        1,
+        "backups are not candidates beside primaries"
+    );
+
+    let up = Upstream::new(
+        &upstream(vec![
+            server("127.0.0.1:1", 1, false, true, 0),
+            server("127.0.0.1:2", 1, true, false, 0),
+        ]),
+        &[],
+    );
+    assert_eq!(first_address(&up.load()).as_deref(), Some("127.0.0.1:2"));
+}
+
+#[test]
+fn down_servers_are_never_candidates() {
+    let up = Upstream::new(
+        &upstream(vec![
+            server("127.0.0.1:1", 1, false, true, 0),
+            server("127.0.0.1:2", 1, true, true, 0),
+        ]),
+        &[],
+    );
+    let snap = up.load();
+    assert!(!snap.has_eligible());
+    assert_eq!(snap.candidates(&ctx()).count(), 0);
+    assert_eq!(snap.state_of(&snap.servers[0]), "config_down");
+}
+
+#[test]
+fn in_flight_slots_respect_max_connections_and_release_on_drop() {
+    let up = Upstream::new(
+        &upstream(vec![server("127.0.0.1:1", 1, false, false, 2)]),
+        &[],
+    );
+    let snap = up.load();
+    let s = &snap.servers[0];
+    let a = s.try_acquire().unwrap();
+    let b = s.try_acquire().unwrap();
+    assert!(
+        s.try_acquire().is_none(),
+        "a third slot exceeds max_connections = 2"
+    );
+    assert_eq!(s.state.in_flight(), 2);
+    drop(a);
+    assert!(s.try_acquire().is_some());
+    drop(b);
+    assert_eq!(s.state.in_flight(), 0);
+    assert_eq!(s.state.requests(), 3);
+}
+
+#[test]
+fn republishing_keeps_the_live_state_of_servers_that_stay() {
+    let config = upstream(vec![
+        server("127.0.0.1:1", 1, false, false, 0),
+        server("127.0.0.1:2", 1, false, false, 0),
+    ]);
+    let up = Upstream::new(&config, &[]);
+    let old = up.load();
+    old.servers[1].try_acquire().unwrap().record_failure();
+    let new_config = upstream(vec![
+        server("127.0.0.1:2", 5, false, false, 0),
+        server("127.0.0.1:3", 1, false, false, 0),
+    ]);
+    up.republish(&new_config, &[]);
+    let new = up.load();
+    assert_eq!(new.servers[0].config.weight, 5);
+    assert_eq!(new.servers[0].state.failures(), 1);
+    assert_eq!(new.servers[0].state.requests(), 1);
+    assert_eq!(new.servers[1].state.requests(), 0);
+}
