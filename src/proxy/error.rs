@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// The server did not send a response head within `response_timeout`.
     #[error("server response timed out")]
     Timeout,
+    /// A request whose framing is ambiguous (see `has_ambiguous_framing`).
+    #[error("bad request")]
+    BadRequest,
     /// A request method the proxy does not relay (CONNECT).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -30,6 +33,7 @@ impl ProxyError {
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::BadResponse => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -40,6 +44,7 @@ impl ProxyError {
             ProxyError::ConnectFailed => "502 Bad Gateway: no server could be reached\n",
             ProxyError::BadResponse => "502 Bad Gateway: bad response from server\n",
             ProxyError::Timeout => "504 Gateway Timeout: server response timed out\n",
+            ProxyError::BadRequest => "400 Bad Request: ambiguous message framing\n",
             ProxyError::MethodNotAllowed => "405 Method Not Allowed\n",
         }
     }

@@ -41,6 +41,25 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("websocket")))
 }
 
+/// Whether an HTTP/1.x request's framing is ambiguous and must be refused (400, then close) rather
+/// than forwarded: `Transfer-Encoding` other than exactly `chunked` (hyper accepts `gzip, chunked`),
+/// or `Transfer-Encoding` together with `Content-Length` (the request-smuggling pair). hyper already
+/// drops the `Content-Length` of such a request and closes the connection after the response (RFC
+/// 9112 §6.3), so the second rule only guards against that behaviour changing under us.
+pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut encodings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (encodings.next(), encodings.next()) {
+        (None, _) => false,
+        (Some(_), Some(_)) => true,
+        (Some(only), None) => {
+            let chunked = only
+                .to_str()
+                .is_ok_and(|v| v.trim_matches([' ', '\t']).eq_ignore_ascii_case("chunked"));
+            !chunked || headers.contains_key(header::CONTENT_LENGTH)
+        }
+    }
+}
+
 /// Rewrites a client request head for the server: origin-form URI, HTTP/1.1, `Host` kept (or taken
 /// from the URI's authority), hop-by-hop headers removed, `X-Forwarded-For` appended to and
 /// `X-Forwarded-Proto` set.
@@ -203,6 +222,31 @@ mod tests {
         prepare_request(&mut p, "127.0.0.1:1".parse().unwrap(), true);
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn only_a_lone_chunked_transfer_encoding_is_unambiguous() {
+        let framing = |pairs: &[(&str, &str)]| {
+            let mut req = Request::post("/");
+            for (k, v) in pairs {
+                req = req.header(*k, *v);
+            }
+            has_ambiguous_framing(&parts(req.body(()).unwrap()).headers)
+        };
+        assert!(!framing(&[]));
+        assert!(!framing(&[("content-length", "3")]));
+        assert!(!framing(&[("transfer-encoding", " chunked ")]));
+        assert!(!framing(&[("transfer-encoding", "Chunked")]));
+        assert!(framing(&[("transfer-encoding", "gzip, chunked")]));
+        assert!(framing(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(framing(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3")
+        ]));
+        assert!(framing(&[("transfer-encoding", "identity")]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,7 +33,7 @@ use crate::lifecycle::Shutdown;
 use crate::metrics::CodeCounters;
 use crate::table::{InFlight, Snapshot};
 use body::Lease;
-use headers::{is_websocket_upgrade, prepare_request, prepare_response};
+use headers::{has_ambiguous_framing, is_websocket_upgrade, prepare_request, prepare_response};
 
 /// Serves one accepted client connection until it closes, or until shutdown (then idle keep-alive
 /// connections close at once and in-flight requests finish with `Connection: close`).
@@ -71,6 +71,15 @@ async fn handle(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if req.version() < Version::HTTP_2 && has_ambiguous_framing(req.headers()) {
+        return match &ctx.route {
+            Route::Respond { counters, .. } => fail(Some(counters), ProxyError::BadRequest),
+            Route::Upstream(upstream) => fail(
+                upstream.load().unserved_for(&ctx.name),
+                ProxyError::BadRequest,
+            ),
+        };
+    }
     match &ctx.route {
         Route::Respond { response, counters } => {
             counters.inc(response.status.as_u16());
