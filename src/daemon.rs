@@ -89,6 +89,8 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
     };
     let (trigger, shutdown) = shutdown_channel();
     let limit = Arc::new(Semaphore::new(config.runtime.max_connections as usize));
+    let shortest_idle = config.upstreams.iter().map(|u| u.pool_idle_timeout).min();
+    let sweep = crate::proxy::http::sweep_interval(shortest_idle.unwrap_or(Duration::from_secs(4)));
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -97,7 +99,7 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name(format!("fulcrum-w{index}"))
-            .spawn(move || worker(runtime, sockets, limit, shutdown))?;
+            .spawn(move || worker(runtime, sockets, limit, sweep, shutdown))?;
     }
     control.block_on(async {
         if let Some(socket) = admin_socket {
@@ -155,10 +157,11 @@ fn worker(
     runtime: tokio::runtime::Runtime,
     sockets: WorkerSockets,
     limit: Arc<Semaphore>,
+    sweep: Duration,
     shutdown: Shutdown,
 ) {
     runtime.block_on(async move {
-        tokio::spawn(crate::proxy::http::sweep_forever());
+        tokio::spawn(crate::proxy::http::sweep_forever(sweep));
         for (ctx, mode, socket) in sockets {
             match tokio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {

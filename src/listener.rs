@@ -77,9 +77,13 @@ pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<std:
     Ok(socket.into())
 }
 
-/// Accepts connections until shutdown, each in its own task. A connection first takes a permit from
-/// the daemon-wide `limit` (`runtime.max_connections`): over the limit, new connections wait in the
-/// kernel's backlog instead of being accepted and starved.
+/// Accepts connections until shutdown, each in its own task.
+///
+/// A connection is served only with a permit from the daemon-wide `limit`
+/// (`runtime.max_connections`). The loop accepts first and then waits for a permit, not the other
+/// way round: a loop holding a permit while it waits on an empty socket would starve the other
+/// workers' sockets. While this loop waits for a permit it accepts nothing more, so over the limit
+/// at most one accepted connection per loop waits and the rest wait in the kernel's backlog.
 pub async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerCtx>,
@@ -88,11 +92,6 @@ pub async fn accept_loop(
     mut shutdown: Shutdown,
 ) {
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.wait() => return,
-            permit = Arc::clone(&limit).acquire_owned() => permit.expect("the connection limit is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.wait() => return,
@@ -104,6 +103,14 @@ pub async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                () = shutdown.wait() => return,
+                permit = Arc::clone(&limit).acquire_owned() => permit.expect("the connection limit is never closed"),
             },
         };
         if let Err(e) = stream.set_nodelay(true) {

@@ -1,5 +1,7 @@
-//! The response body sent to clients: either a server's body streamed through, or bytes Fulcrum
-//! made itself. An enum rather than a boxed trait object, so a response allocates nothing for its body.
+//! Bodies on both legs. [`RequestBody`] is what goes to a server: the client's body streamed through,
+//! or nothing (a replayed bodiless request). [`ProxyBody`] is what goes to the client: a server's body
+//! streamed through, or bytes Fulcrum made itself. Enums rather than boxed trait objects, so a
+//! request allocates nothing for its bodies.
 //!
 //! A relayed body carries the lease on its upstream connection: when the body ends, the connection
 //! goes back to the worker's pool and the server's in-flight slot is released; if the client goes
@@ -15,6 +17,43 @@ use hyper::body::Incoming;
 
 use super::pool::{self, Sender};
 use crate::table::InFlight;
+
+/// A request body as sent to a server.
+pub enum RequestBody {
+    /// The client's body, streamed frame by frame.
+    Client(Incoming),
+    /// No body: a bodiless request rebuilt for another attempt.
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// An upstream connection and server slot held while a response body streams.
 pub struct Lease {

@@ -13,14 +13,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::body::RequestBody;
+
 /// A connection able to carry one request to a server.
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<RequestBody>;
 
 struct Idle {
     sender: Sender,
@@ -132,9 +133,17 @@ pub fn checkin(addr: SocketAddr, sender: Sender, idle_timeout: Duration, max_idl
     });
 }
 
-/// Closes this worker's expired idle connections once a second, for as long as the worker runs.
-pub async fn sweep_forever() {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// How often a worker sweeps its pool, given the shortest `pool_idle_timeout` configured: a quarter
+/// of it, between 50 ms and 1 s. Checkout never hands out an expired connection whatever the sweep
+/// does; the sweep only closes expired sockets promptly, at most a quarter of the timeout late.
+pub fn sweep_interval(shortest_idle_timeout: Duration) -> Duration {
+    (shortest_idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Closes this worker's expired idle connections every `interval`, for as long as the worker runs.
+pub async fn sweep_forever(interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Instant::now();

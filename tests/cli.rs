@@ -1,0 +1,274 @@
+//! The command line: `--version`, `check` on good and bad files, and the startup log lines the
+//! harness relies on.
+
+mod support;
+
+use std::path::Path;
+
+use support::daemon::run_cli;
+use support::Daemon;
+
+const GOOD: &str = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.web]
+bind = "127.0.0.1:18080"
+mode = "http"
+upstream = "app"
+
+[listeners.hello]
+bind = ["127.0.0.1:18081", "127.0.0.1:18082"]
+mode = "http"
+respond = { status = 200, body = "hello\n", headers = { "content-type" = "text/plain" } }
+
+[listeners.l4]
+bind = "127.0.0.1:18083"
+mode = "tcp"
+upstream = "app"
+
+[upstreams.app]
+strategy = "round_robin"
+connect_timeout = "1s"
+response_timeout = "2s"
+retries = 2
+servers = [
+  { address = "127.0.0.1:18090", weight = 1 },
+  { address = "127.0.0.1:18091", weight = 2, backup = true },
+  { address = "127.0.0.1:18092", down = true },
+]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (code, out, err) = run_cli(&["--version"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "stdout: {out:?}");
+}
+
+#[test]
+fn check_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", GOOD);
+    let (code, out, err) = run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("configuration OK"), "stdout: {out:?}");
+}
+
+/// A bad file, a needle found on the line the error must point at, and the key it must name.
+struct Bad {
+    name: &'static str,
+    text: String,
+    lines: Vec<&'static str>,
+    key: &'static str,
+}
+
+fn bad_files() -> Vec<Bad> {
+    let upstream = r#"
+[listeners.web]
+bind = "127.0.0.1:18080"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+servers = [ { address = "127.0.0.1:18090" } ]
+"#;
+    vec![
+        Bad {
+            name: "zero_weight",
+            text: r#"
+[listeners.web]
+bind = "127.0.0.1:18080"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+servers = [
+  { address = "127.0.0.1:18090", weight = 1 },
+  { address = "127.0.0.1:18091", weight = 0 },
+]
+"#
+            .into(),
+            lines: vec!["weight = 0"],
+            key: "weight",
+        },
+        Bad {
+            name: "unknown_upstream",
+            text: r#"
+[listeners.web]
+bind = "127.0.0.1:18080"
+mode = "http"
+upstream = "nope"
+
+[upstreams.app]
+servers = [ { address = "127.0.0.1:18090" } ]
+"#
+            .into(),
+            lines: vec!["upstream = \"nope\""],
+            key: "upstream",
+        },
+        Bad {
+            name: "unknown_key",
+            text: upstream.replace("mode = \"http\"", "mode = \"http\"\ncolour = \"blue\""),
+            lines: vec!["colour"],
+            key: "colour",
+        },
+        Bad {
+            name: "duplicate_bind",
+            text: format!(
+                "{upstream}{}",
+                r#"
+[listeners.again]
+bind = "127.0.0.1:18080"   # same address as web
+mode = "http"
+upstream = "app"
+"#
+            ),
+            lines: vec!["bind = \"127.0.0.1:18080\""],
+            key: "bind",
+        },
+        Bad {
+            name: "tcp_with_respond",
+            text: r#"
+[listeners.l4]
+bind = "127.0.0.1:18083"
+mode = "tcp"
+respond = { status = 200, body = "no" }
+"#
+            .into(),
+            lines: vec!["respond ="],
+            key: "respond",
+        },
+        Bad {
+            name: "bad_duration",
+            text: upstream.replace(
+                "[upstreams.app]",
+                "[upstreams.app]\nconnect_timeout = \"5 parsecs\"",
+            ),
+            lines: vec!["parsecs"],
+            key: "connect_timeout",
+        },
+        Bad {
+            name: "no_servers",
+            text: upstream.replace(
+                "servers = [ { address = \"127.0.0.1:18090\" } ]",
+                "servers = []",
+            ),
+            lines: vec!["servers = []"],
+            key: "servers",
+        },
+    ]
+}
+
+/// Whether `text` says `line N` (and not `line N0`).
+fn names_line(text: &str, n: usize) -> bool {
+    let needle = format!("line {n}");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+#[test]
+fn check_rejects_bad_files_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for bad in bad_files() {
+        let path = write(dir.path(), &format!("{}.toml", bad.name), &bad.text);
+        let (code, out, err) = run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+        // Any line holding a needle is acceptable (a duplicate bind may be reported at either).
+        let lines: Vec<usize> = bad
+            .text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| bad.lines.iter().any(|n| l.contains(n)))
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert!(!lines.is_empty(), "{}: no needle in the file", bad.name);
+        let mut problems = Vec::new();
+        if code != Some(1) {
+            problems.push(format!("exit code {code:?}, expected 1"));
+        }
+        if out.contains("configuration OK") {
+            problems.push("stdout says configuration OK".to_string());
+        }
+        if !err.contains(&*path.to_string_lossy()) {
+            problems.push("stderr does not name the file".to_string());
+        }
+        if !lines.iter().any(|n| names_line(&err, *n)) {
+            problems.push(format!("stderr does not name line {lines:?}"));
+        }
+        if !err.contains(bad.key) {
+            problems.push(format!("stderr does not name the key `{}`", bad.key));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: {}\n  stderr: {}\n  stdout: {}",
+                bad.name,
+                problems.join("; "),
+                err.trim(),
+                out.trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn check_on_a_missing_file_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let (code, _out, err) = run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(err.contains(&*path.to_string_lossy()), "stderr: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_each_bound_address_plainly() {
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.hello]
+bind = ["127.0.0.1:0", "127.0.0.1:0"]
+mode = "http"
+respond = { status = 204, body = "" }
+"#;
+    let d = Daemon::builder(config).start().await;
+    let addrs = d.addrs("hello");
+    assert_eq!(addrs.len(), 2, "two binds, two addresses: {addrs:?}");
+    assert!(addrs.iter().all(|a| a.port() != 0 && a.ip().is_loopback()));
+    let text = d.stderr_text();
+    for a in &addrs {
+        let line = format!("listening listener=hello addr={a}");
+        assert!(text.contains(&line), "no line containing {line:?}:\n{text}");
+    }
+    let admin = format!("admin listening addr={}", d.admin_addr());
+    assert!(
+        text.contains(&admin),
+        "no line containing {admin:?}:\n{text}"
+    );
+    assert!(
+        !d.stderr_had_ansi(),
+        "ANSI escapes in a non-tty log:\n{text}"
+    );
+    for a in addrs {
+        let r = support::client::get_once(a, "/").await;
+        assert_eq!(r.status.as_u16(), 204);
+    }
+}

@@ -1,0 +1,247 @@
+//! SIGTERM: stop accepting at once, finish what is in flight, close idle connections, exit 0.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use http::StatusCode;
+use support::client::{echo_roundtrip, websocket_connect, H1Client};
+use support::{eventually, Behaviour, Daemon, HttpBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Polls new connects to `addr` until one is refused; returns how long that took.
+async fn refused_within(addr: std::net::SocketAddr, timeout: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Some(started.elapsed()),
+            _ => tokio::time::sleep(support::POLL).await,
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_and_exits_zero() {
+    let slow = HttpBackend::start("slow", Behaviour::Slow(Duration::from_secs(2))).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "5s"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+response_timeout = "10s"
+servers = [ { address = "${A}" } ]
+"#;
+    let mut d = Daemon::builder(config).var("A", slow.addr()).start().await;
+    let addr = d.addr("web");
+
+    let mut client = H1Client::connect(addr).await;
+    let in_flight = tokio::spawn(async move { client.get("/slow").await });
+    assert!(
+        eventually(Duration::from_secs(5), || slow.requests() == 1).await,
+        "the request never reached the backend"
+    );
+
+    d.sigterm();
+    let refused = refused_within(addr, Duration::from_secs(1)).await;
+    let still_running = d.try_exit().is_none();
+    let request_pending = !in_flight.is_finished();
+    println!(
+        "listener refused {refused:?} after SIGTERM; request still in flight: {request_pending}"
+    );
+    assert!(
+        refused.is_some(),
+        "new connections still accepted 1 s after SIGTERM"
+    );
+    assert!(
+        still_running,
+        "the daemon exited before its in-flight request was answered"
+    );
+    assert!(
+        request_pending,
+        "the in-flight request ended before the backend answered"
+    );
+
+    let r = in_flight.await.expect("client task");
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.text(), "slow");
+    assert!(
+        r.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+        "in-flight responses during shutdown carry Connection: close: {r:?}"
+    );
+
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "expected exit 0 within 10 s, got {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let app = HttpBackend::start("app", Behaviour::Identity).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "30s"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+
+[listeners.hello]
+bind = "127.0.0.1:0"
+mode = "http"
+respond = { status = 200, body = "hello\n" }
+
+[upstreams.app]
+servers = [ { address = "${A}" } ]
+"#;
+    let mut d = Daemon::builder(config).var("A", app.addr()).start().await;
+    let mut idle = Vec::new();
+    for name in ["web", "web", "hello"] {
+        let mut c = H1Client::connect(d.addr(name)).await;
+        assert_eq!(c.get("/").await.status, StatusCode::OK);
+        idle.push(c);
+    }
+
+    let started = Instant::now();
+    d.sigterm();
+    assert!(
+        eventually(Duration::from_secs(5), || idle
+            .iter()
+            .all(|c| c.is_closed()))
+        .await,
+        "idle keep-alive connections still open 5 s after SIGTERM"
+    );
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    println!("exited {status:?} {:?} after SIGTERM", started.elapsed());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "with only idle connections, expected exit 0 well before shutdown_timeout (30 s), got {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_daemon_exits_zero() {
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.hello]
+bind = "127.0.0.1:0"
+mode = "http"
+respond = { status = 200, body = "hello\n" }
+
+[listeners.l4]
+bind = "127.0.0.1:0"
+mode = "tcp"
+upstream = "app"
+
+[upstreams.app]
+servers = [ { address = "127.0.0.1:9" } ]
+"#;
+    let mut d = Daemon::builder(config).start().await;
+    let hello = d.addr("hello");
+    d.sigterm();
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "got {status:?}");
+    assert!(TcpStream::connect(hello).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_tcp_sessions() {
+    let echo = support::TcpEchoBackend::start(support::EchoMode::Stream).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "10s"
+
+[listeners.l4]
+bind = "127.0.0.1:0"
+mode = "tcp"
+upstream = "echo"
+
+[upstreams.echo]
+servers = [ { address = "${A}" } ]
+"#;
+    let mut d = Daemon::builder(config).var("A", echo.addr()).start().await;
+    let addr = d.addr("l4");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).await.unwrap();
+
+    d.sigterm();
+    assert!(
+        refused_within(addr, Duration::from_secs(1)).await.is_some(),
+        "new connections still accepted 1 s after SIGTERM"
+    );
+    // The session counts as in flight: it still works, and the daemon waits for it.
+    s.write_all(b"during").await.unwrap();
+    support::within(
+        Duration::from_secs(5),
+        "echo during shutdown",
+        s.read_exact(&mut buf),
+    )
+    .await
+    .expect("session cut by SIGTERM");
+    assert_eq!(&buf, b"during");
+    assert!(d.try_exit().is_none(), "exited with an L4 session open");
+
+    drop(s);
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "got {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_websocket_tunnels() {
+    let ws = HttpBackend::start("ws", Behaviour::WebSocketEcho).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "10s"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+servers = [ { address = "${A}" } ]
+"#;
+    let mut d = Daemon::builder(config).var("A", ws.addr()).start().await;
+    let addr = d.addr("web");
+    let mut tunnel = websocket_connect(addr, "/ws").await;
+    echo_roundtrip(&mut tunnel, b"before").await;
+
+    d.sigterm();
+    assert!(
+        refused_within(addr, Duration::from_secs(1)).await.is_some(),
+        "new connections still accepted 1 s after SIGTERM"
+    );
+    // The tunnel counts as in flight: it still works, and the daemon waits for it.
+    echo_roundtrip(&mut tunnel, b"during shutdown").await;
+    assert!(
+        d.try_exit().is_none(),
+        "exited with a WebSocket tunnel open"
+    );
+
+    drop(tunnel);
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "got {status:?}");
+}
