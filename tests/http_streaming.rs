@@ -93,3 +93,40 @@ async fn websocket_upgrade_is_tunnelled() {
     );
     assert_eq!(ws.requests(), 1);
 }
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_far_larger_than_memory_bound_stream_in_constant_memory() {
+    const BODY: u64 = 128 * 1024 * 1024;
+    const CEILING_KIB: u64 = 64 * 1024;
+    let sum = HttpBackend::start("sum", Behaviour::Checksum).await;
+    let dl = HttpBackend::start("dl", Behaviour::Download(BODY)).await;
+    let up = Daemon::builder(CONFIG).var("A", sum.addr()).start().await;
+    let mut c = H1Client::connect(up.addr("web")).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/upload")
+        .header("host", "upload.example")
+        .body(PatternBody::new(BODY, 64 * 1024, false).boxed())
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json()["len"], BODY);
+    let upload_peak = peak_rss_kib(up.pid());
+
+    let down = Daemon::builder(CONFIG).var("A", dl.addr()).start().await;
+    let mut c = H1Client::connect(down.addr("web")).await;
+    let r = c.get("/download").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len() as u64, BODY);
+    let download_peak = peak_rss_kib(down.pid());
+    eprintln!("peak RSS relaying 128 MiB: upload {upload_peak} KiB, download {download_peak} KiB");
+    assert!(upload_peak < CEILING_KIB, "upload peak RSS {upload_peak} KiB");
+    assert!(download_peak < CEILING_KIB, "download peak RSS {download_peak} KiB");
+}
