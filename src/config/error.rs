@@ -60,7 +60,10 @@ impl Source<'_> {
     }
 
     fn line_column(&self, at: usize) -> (usize, usize) {
-        let at = at.min(self.text.len());
+        let mut at = at.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
         let before = &self.text[..at];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
@@ -73,9 +76,10 @@ impl Source<'_> {
         let before = self.text.get(..at)?.trim_end();
         let before = before.strip_suffix('=')?.trim_end();
         let start = before
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .map(|i| i + 1)
-            .unwrap_or(0);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let key = &before[start..];
         (!key.is_empty()).then(|| key.to_string())
     }
@@ -101,6 +105,17 @@ mod tests {
         assert_eq!(src.line_column(0), (1, 1));
         assert_eq!(src.line_column(6), (2, 1));
         assert_eq!(src.line_column(11), (2, 6));
+    }
+
+    #[test]
+    fn multibyte_text_before_a_value_is_no_problem() {
+        let text = "é = 0";
+        let src = Source {
+            path: Path::new("f.toml"),
+            text,
+        };
+        assert_eq!(src.key_before(text.len() - 1), None);
+        assert_eq!(src.line_column(1), (1, 1), "an offset inside a character rounds down");
     }
 
     #[test]
