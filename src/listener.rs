@@ -70,7 +70,7 @@ pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<std:
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
