@@ -272,3 +272,39 @@ respond = { status = 204, body = "" }
         assert_eq!(r.status.as_u16(), 204);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_1_naming_the_listener_when_its_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = r#"
+[listeners.web]
+bind = "${ADDR}"
+mode = "http"
+respond = { status = 200 }
+"#;
+    let err = match Daemon::builder(config).var("ADDR", addr).try_start().await {
+        Ok(_) => panic!("the daemon started on an address another socket holds"),
+        Err(e) => e,
+    };
+    assert!(err.contains("exit status: 1"), "{err}");
+    let wanted = format!("listener `web`: cannot bind {addr}");
+    assert!(err.contains(&wanted), "no {wanted:?} in:\n{err}");
+}
+
+#[test]
+fn run_exits_1_on_an_invalid_config_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        &GOOD.replace("weight = 2", "weight = 1001"),
+    );
+    let (code, _out, err) = run_cli(&["run".as_ref(), "-c".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(
+        err.contains("upstreams.app.servers[1].weight"),
+        "stderr: {err}"
+    );
+    assert!(err.contains(&*path.to_string_lossy()), "stderr: {err}");
+}

@@ -333,3 +333,29 @@ servers = [ { address = "${A}" }, { address = "${B}" } ]
     assert_eq!(na + nb, 200);
     assert!((80..=120).contains(&na), "uneven spread: a {na}, b {nb}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_serves_ipv4_and_ipv6() {
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[listeners.web]
+bind = ["127.0.0.1:0", "[::1]:0"]
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+servers = [ { address = "${A}" } ]
+"#;
+    let d = Daemon::builder(config).var("A", a.addr()).start().await;
+    let addrs = d.addrs("web");
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6(), "{addrs:?}");
+    for addr in addrs {
+        let r = get_once(addr, "/").await;
+        assert_eq!(r.status, StatusCode::OK, "via {addr}");
+        assert_eq!(r.backend(), "a", "via {addr}");
+    }
+}

@@ -127,6 +127,12 @@ async fn bodies_far_larger_than_memory_bound_stream_in_constant_memory() {
     assert_eq!(r.body.len() as u64, BODY);
     let download_peak = peak_rss_kib(down.pid());
     eprintln!("peak RSS relaying 128 MiB: upload {upload_peak} KiB, download {download_peak} KiB");
-    assert!(upload_peak < CEILING_KIB, "upload peak RSS {upload_peak} KiB");
-    assert!(download_peak < CEILING_KIB, "download peak RSS {download_peak} KiB");
+    assert!(
+        upload_peak < CEILING_KIB,
+        "upload peak RSS {upload_peak} KiB"
+    );
+    assert!(
+        download_peak < CEILING_KIB,
+        "download peak RSS {download_peak} KiB"
+    );
 }
