@@ -115,7 +115,11 @@ mod tests {
             text,
         };
         assert_eq!(src.key_before(text.len() - 1), None);
-        assert_eq!(src.line_column(1), (1, 1), "an offset inside a character rounds down");
+        assert_eq!(
+            src.line_column(1),
+            (1, 1),
+            "an offset inside a character rounds down"
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn attempt(
     let pooled = if websocket {
         None
     } else {
-        pool::checkout(addr).await
+        pool::checkout(addr, settings.connect_timeout).await
     };
     let mut reused = pooled.is_some();
     let mut sender = match pooled {

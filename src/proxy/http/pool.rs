@@ -93,11 +93,16 @@ pub async fn connect(
     Ok(sender)
 }
 
-/// An idle connection to `addr` from this worker's pool, ready for a request.
-pub async fn checkout(addr: SocketAddr) -> Option<Sender> {
+/// An idle connection to `addr` from this worker's pool, ready for a request. A connection checked
+/// in at the end of a response body may need a moment for hyper to mark it ready; one that is not
+/// ready within `patience` is closed rather than waited on.
+pub async fn checkout(addr: SocketAddr, patience: Duration) -> Option<Sender> {
     loop {
         let mut sender = take_idle(addr)?;
-        if sender.ready().await.is_ok() {
+        if sender.is_ready() {
+            return Some(sender);
+        }
+        if let Ok(Ok(())) = tokio::time::timeout(patience, sender.ready()).await {
             return Some(sender);
         }
     }
