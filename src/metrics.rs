@@ -16,6 +16,8 @@ pub const UPSTREAM_RESPONSE_SECONDS: &str = "fulcrum_upstream_response_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
 /// `fulcrum_connections_total`.
 pub const CONNECTIONS_TOTAL: &str = "fulcrum_connections_total";
+/// `fulcrum_retries_total`.
+pub const RETRIES_TOTAL: &str = "fulcrum_retries_total";
 /// `fulcrum_server_up`.
 pub const SERVER_UP: &str = "fulcrum_server_up";
 

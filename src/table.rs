@@ -156,6 +156,8 @@ pub struct Snapshot {
     balancer: Balancer,
     /// `fulcrum_requests_total` handles for answers no server was involved in (503).
     unserved: Box<[(Arc<str>, CodeCounters)]>,
+    /// `fulcrum_retries_total{upstream}`: attempts on another server after a failed one.
+    pub retries: metrics::Counter,
 }
 
 impl Snapshot {
@@ -278,6 +280,7 @@ fn build(config: &UpstreamConfig, listeners: &[Arc<str>], previous: &[Arc<Server
         tier: tier.into_boxed_slice(),
         balancer,
         unserved,
+        retries: metrics::counter!(crate::metrics::RETRIES_TOTAL, "upstream" => config.name.clone()),
     }
 }
 

@@ -160,3 +160,71 @@ async fn status_reports_servers() {
     assert!(settled, "requests should read 5, 5, 0: {status:#}");
     assert!(status["version"].is_string(), "{status:#}");
 }
+
+/// The value of the sample of `name` whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| is_series(l, name))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_retries_histograms_connections_and_server_state() {
+    let live = HttpBackend::start("live", Behaviour::Identity).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+retries = 1
+servers = [ { address = "${DEAD}" }, { address = "${LIVE}" }, { address = "${OFF}", down = true } ]
+"#;
+    let dead = support::refused_addr();
+    let off = support::refused_addr();
+    let d = Daemon::builder(config)
+        .var("DEAD", dead)
+        .var("LIVE", live.addr())
+        .var("OFF", off)
+        .start()
+        .await;
+    // One client connection, ten sequential requests: round robin sends every other one to the
+    // dead server first, so exactly five are retried.
+    let mut c = H1Client::connect(d.addr("web")).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("/").await.status, StatusCode::OK);
+    }
+    let text = get_once(d.admin_addr(), "/metrics").await.text();
+    let value = |name: &str, labels: &[&str]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+    };
+    assert_eq!(value("fulcrum_retries_total", &["upstream=\"app\""]), 5.0);
+    let live_label = format!("server=\"{}\"", live.addr());
+    assert_eq!(
+        value("fulcrum_upstream_response_seconds_count", &[&live_label]),
+        10.0
+    );
+    assert!(
+        text.contains("fulcrum_upstream_response_seconds_bucket{"),
+        "a histogram, not a summary:\n{text}"
+    );
+    assert_eq!(
+        value("fulcrum_connections_total", &["listener=\"web\""]),
+        1.0
+    );
+    assert_eq!(
+        value("fulcrum_connections_active", &["listener=\"web\""]),
+        1.0
+    );
+    assert_eq!(value("fulcrum_server_up", &[&live_label]), 1.0);
+    let off_label = format!("server=\"{off}\"");
+    assert_eq!(value("fulcrum_server_up", &[&off_label]), 0.0);
+}

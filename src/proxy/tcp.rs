@@ -18,7 +18,8 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer
         unreachable!("config validation rejects `respond` on tcp listeners");
     };
     let snap = upstream.load();
-    let mut attempts_left = snap.settings.retries + 1;
+    let attempts = snap.settings.retries + 1;
+    let mut attempts_left = attempts;
     for server in snap.candidates(&PickContext {
         client: peer,
         head: None,
@@ -29,6 +30,9 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer
         let Some(slot) = server.try_acquire() else {
             continue;
         };
+        if attempts_left < attempts {
+            snap.retries.increment(1);
+        }
         attempts_left -= 1;
         let mut upstream_stream = match connect_tcp(server.addr(), snap.settings.connect_timeout)
             .await

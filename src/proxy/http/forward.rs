@@ -85,6 +85,9 @@ pub async fn forward(
         let Some(slot) = server.try_acquire() else {
             continue; // at max_connections: skipped, not a retry
         };
+        if last.is_some() {
+            snap.retries.increment(1);
+        }
         attempts_left -= 1;
         match attempt(ctx, snap, slot, req, replay.as_ref(), &mut client_upgrade).await {
             Attempt::Answered(response) => return response,
