@@ -36,6 +36,7 @@ pub struct DaemonBuilder {
     config: String,
     vars: Vec<(String, String)>,
     log_level: String,
+    nofile: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -47,6 +48,12 @@ impl DaemonBuilder {
 
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
+        self
+    }
+
+    /// Starts the daemon with RLIMIT_NOFILE set to `limit` (soft and hard, so it cannot raise it).
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 
@@ -80,7 +87,8 @@ impl DaemonBuilder {
         let config_path = dir.path().join("fulcrum.toml");
         std::fs::write(&config_path, &config).expect("write config");
 
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
@@ -89,9 +97,11 @@ impl DaemonBuilder {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fulcrum");
+            .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            set_nofile_on_exec(&mut command, limit);
+        }
+        let mut child = command.spawn().expect("spawn fulcrum");
         let stderr = Arc::new(Mutex::new(Seen::default()));
         let stdout = Arc::new(Mutex::new(Seen::default()));
         read_lines(child.stderr.take().expect("stderr"), stderr.clone(), true);
@@ -128,6 +138,26 @@ impl DaemonBuilder {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+/// Makes `command`'s child set RLIMIT_NOFILE (soft and hard) to `limit` before it execs.
+fn set_nofile_on_exec(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let rlim = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
+    };
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which is
+    // async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
@@ -257,6 +287,7 @@ impl Daemon {
             config: config.to_string(),
             vars: Vec::new(),
             log_level: "info".to_string(),
+            nofile: None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod client;
 pub mod daemon;
+pub mod raw;
 
 pub use backend::{Behaviour, EchoMode, HttpBackend, TcpEchoBackend};
 pub use client::{H1Client, H2Client, Reply};
