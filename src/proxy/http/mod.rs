@@ -112,6 +112,9 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return fail(snap.unserved_for(&ctx.name), ProxyError::MethodNotAllowed);
     }
+    if !snap.has_eligible() {
+        return fail(snap.unserved_for(&ctx.name), ProxyError::NoServer);
+    }
     let websocket = is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
