@@ -91,6 +91,8 @@ pub async fn accept_loop(
     limit: Arc<Semaphore>,
     mut shutdown: Shutdown,
 ) {
+    let mut failed_accepts = 0u64;
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -98,8 +100,14 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS: back off instead of spinning on a full table.
-                    warn!(listener = %ctx.name, error = %e, "accept failed");
+                    // EMFILE, ENFILE, ENOBUFS: back off instead of spinning on a full table, and
+                    // say so once a second rather than twenty times.
+                    failed_accepts += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        warn!(listener = %ctx.name, error = %e, failed_accepts, "accept failed; backing off");
+                        last_warning = Some(tokio::time::Instant::now());
+                        failed_accepts = 0;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

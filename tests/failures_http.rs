@@ -467,3 +467,48 @@ servers = [ { address = "${A}" }, { address = "${B}" } ]
         "refused connects to b were not counted: {b_failures}"
     );
 }
+
+/// A server that closes every keep-alive connection about 1 ms after answering, with requests
+/// arriving back to back: requests regularly go out on a connection the server is closing. A GET
+/// may be replayed, so it is resent once on a fresh connection to the same server (even with a
+/// single server and no retries left), and the client never sees the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sent_on_a_connection_the_server_is_closing_is_resent_on_a_fresh_one() {
+    let backend = RawHttpBackend::start(|_| {
+        RawReply::new(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::CloseAfter(Duration::from_millis(1)),
+        )
+    })
+    .await;
+    let config = format!(
+        "{WEB}{}",
+        r#"
+[upstreams.app]
+retries = 0
+servers = [ { address = "${A}" } ]
+"#
+    );
+    let d = Daemon::builder(&config)
+        .var("A", backend.addr())
+        .start()
+        .await;
+    let web = d.addr("web");
+    let mut client = H1Client::connect(web).await;
+    for i in 0..200 {
+        let r = client.get("/").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "GET {i}: {r:?}\n{}",
+            d.stderr_text()
+        );
+    }
+    let failures = failures_settled(d.admin_addr(), "app", backend.addr(), 0).await;
+    assert_eq!(failures, 0, "the keep-alive race is not a server fault");
+    eprintln!(
+        "200 GETs used {} server connections for {} requests read",
+        backend.accepts(),
+        backend.requests()
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! - A connect that fails or times out sends nothing, so the request, whatever its method, moves to
 //!   the next candidate untouched.
-//! - A pooled connection that turns out closed before the request left it is replaced by a fresh
-//!   connection to the same server (that is the keep-alive race, not a retry).
+//! - A pooled connection that the server closes under the request (the keep-alive race, not a
+//!   server fault) is replaced once by a fresh connection to the same server, when the request never
+//!   left or may be replayed; this is not a retry (nginx and HAProxy do the same).
 //! - A bodiless idempotent request whose connection is closed or reset before the response is rebuilt
 //!   from a copy of its head and sent to the next candidate. Anything else that has put bytes on the
 //!   wire is answered 502 and never sent twice.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body as _;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::body::{Lease, ProxyBody, RequestBody};
 use super::headers::prepare_response;
@@ -136,20 +137,25 @@ async fn attempt(
     };
     let started = Instant::now();
     let result = loop {
-        let sent =
+        let mut sent =
             tokio::time::timeout(settings.response_timeout, sender.try_send_request(req)).await;
-        match sent {
-            Ok(Err(mut e)) if reused && e.message().is_some() => {
-                // The pooled connection closed before the request went out: take a fresh one.
-                req = e.take_message().expect("checked above");
-                reused = false;
-                sender = match pool::connect(addr, settings.connect_timeout, websocket).await {
-                    Ok(sender) => sender,
-                    Err(e) => return connect_failed(e, req),
-                };
+        // A pooled connection the server was closing (the keep-alive race) gets one fresh
+        // connection to the same server: when the request never left, or when it may be replayed.
+        let resend = match &mut sent {
+            Ok(Err(e)) if reused && e.message().is_some() => e.take_message(),
+            Ok(Err(e)) if reused && closed_before_response(e.error()) => {
+                replay.map(Replay::request)
             }
-            other => break other,
-        }
+            _ => None,
+        };
+        let Some(again) = resend else { break sent };
+        debug!(upstream = %snap.name, server = %server.config.address, "pooled connection closed under the request; resending on a fresh one");
+        req = again;
+        reused = false;
+        sender = match pool::connect(addr, settings.connect_timeout, websocket).await {
+            Ok(sender) => sender,
+            Err(e) => return connect_failed(e, req),
+        };
     };
     let mut response = match result {
         Ok(Ok(response)) => response,
