@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::client::{self, get_once, head_header, read_head, H1Client};
+use support::client::{self, assert_own_error, get_once, head_header, read_head, H1Client};
 use support::raw::{HangingAddr, RawHttpBackend, RawReply, Then};
 use support::{eventually, within, Behaviour, Daemon, HttpBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,23 +29,6 @@ bind = "127.0.0.1:0"
 mode = "http"
 upstream = "app"
 "#;
-
-/// A status Fulcrum generated: a short plain-text body, not a server's answer.
-fn assert_own_error(r: &client::Reply, status: u16) {
-    assert_eq!(r.status.as_u16(), status, "{r:?}");
-    assert!(
-        !r.body.is_empty() && r.body.len() < 1024,
-        "short body expected: {r:?}"
-    );
-    assert!(
-        std::str::from_utf8(&r.body).is_ok(),
-        "plain text expected: {r:?}"
-    );
-    assert!(
-        r.header("x-backend").is_none(),
-        "came from a backend: {r:?}"
-    );
-}
 
 /// The `/status` entry of server `address` in upstream `upstream`.
 async fn server_status(

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::client::{self, get_once, H1Client};
+use support::client::{self, assert_own_error, get_once, H1Client};
 use support::{refused_addr, Behaviour, Daemon, HttpBackend};
 
 const WEB: &str = r#"
@@ -19,26 +19,6 @@ bind = "127.0.0.1:0"
 mode = "http"
 upstream = "app"
 "#;
-
-/// A status Fulcrum generated: a short plain-text body.
-fn assert_own_error(r: &client::Reply, status: u16) {
-    assert_eq!(r.status.as_u16(), status, "{r:?}");
-    assert!(
-        !r.body.is_empty() && r.body.len() < 1024,
-        "short body expected: {r:?}"
-    );
-    assert!(
-        std::str::from_utf8(&r.body).is_ok(),
-        "plain text expected: {r:?}"
-    );
-    if let Some(ct) = r.header("content-type") {
-        assert!(ct.starts_with("text/plain"), "content-type {ct}");
-    }
-    assert!(
-        r.header("x-backend").is_none(),
-        "came from a backend: {r:?}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_servers_give_502() {

@@ -356,3 +356,23 @@ pub fn raw_body(head: &str, rest: &[u8]) -> Vec<u8> {
         rest.to_vec()
     }
 }
+
+/// Asserts a status Fulcrum generated itself: a short plain-text body, not a server's answer.
+pub fn assert_own_error(r: &Reply, status: u16) {
+    assert_eq!(r.status.as_u16(), status, "{r:?}");
+    assert!(
+        !r.body.is_empty() && r.body.len() < 1024,
+        "short body expected: {r:?}"
+    );
+    assert!(
+        std::str::from_utf8(&r.body).is_ok(),
+        "plain text expected: {r:?}"
+    );
+    if let Some(ct) = r.header("content-type") {
+        assert!(ct.starts_with("text/plain"), "content-type {ct}");
+    }
+    assert!(
+        r.header("x-backend").is_none(),
+        "came from a backend: {r:?}"
+    );
+}
