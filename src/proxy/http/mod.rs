@@ -2,8 +2,9 @@
 //!
 //! A request takes the upstream's current snapshot, walks its candidates and claims a slot on the
 //! first server not at its limit. Connecting is separate from sending, so a refused or timed-out
-//! connect moves to the next candidate with the request untouched (up to `retries` other servers);
-//! once bytes of the request are on the wire it is never sent to another server.
+//! connect moves to the next candidate with the request untouched (up to `retries` other servers).
+//! Once bytes of the request are on the wire, only a bodiless idempotent request whose connection is
+//! closed before the response goes again (`forward.rs` has the rules).
 
 mod body;
 mod forward;
