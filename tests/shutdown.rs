@@ -245,3 +245,60 @@ servers = [ { address = "${A}" } ]
     let status = d.wait_exit(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "got {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_cuts_what_is_still_running_and_says_how_much() {
+    let stuck = HttpBackend::start("stuck", Behaviour::Slow(Duration::from_secs(30))).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "500ms"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+
+[upstreams.app]
+response_timeout = "60s"
+servers = [ { address = "${A}" } ]
+"#;
+    let mut d = Daemon::builder(config).var("A", stuck.addr()).start().await;
+    let addr = d.addr("web");
+    let mut client = H1Client::connect(addr).await;
+    let in_flight = tokio::spawn(async move {
+        let req = support::client::get(addr, "/stuck");
+        client.try_send(req).await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || stuck.requests() == 1).await,
+        "the request never reached the backend"
+    );
+    let signalled = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit(Duration::from_secs(10)).await;
+    let took = signalled.elapsed();
+    println!("exited {took:?} after SIGTERM with shutdown_timeout = 500ms");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "expected exit 0, got {status:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(450),
+        "exited after {took:?}, before shutdown_timeout"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "exited after {took:?}, long after shutdown_timeout"
+    );
+    let log = d.stderr_text();
+    assert!(
+        log.contains("cut=1"),
+        "the log does not say one connection was cut:\n{log}"
+    );
+    let cut = in_flight.await.expect("client task");
+    assert!(
+        cut.is_err(),
+        "the stuck request cannot have been answered: {cut:?}"
+    );
+}
