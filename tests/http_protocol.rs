@@ -324,3 +324,23 @@ async fn h2c_streams_are_multiplexed() {
         assert_eq!(s.await.unwrap(), StatusCode::OK);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_requests_are_refused_with_405_and_closed() {
+    let (echo, d) = echo_daemon().await;
+    let (head, rest) = raw_exchange(
+        d.addr("web"),
+        "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(
+        String::from_utf8_lossy(&rest).contains("405"),
+        "short plain-text body expected: {rest:?}"
+    );
+    assert_eq!(echo.requests(), 0, "CONNECT must not reach a server");
+}
