@@ -48,11 +48,12 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
         .enable_all()
         .build()?;
     // Handlers first: a SIGTERM that arrives right after the "listening" lines must drain, not kill.
-    let (mut sigterm, mut sigint) = {
+    let (mut sigterm, mut sigint, mut sighup) = {
         let _enter = control.enter();
         (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
         )
     };
     let workers = config.runtime.worker_threads;
@@ -114,9 +115,14 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
             ));
         }
         tokio::spawn(metrics_upkeep(metrics));
-        let signal = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
+        let signal = loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                // SIGHUP's default action would kill the daemon; an operator used to nginx sends it
+                // to reload. Until hot reload exists it changes nothing, and says so.
+                _ = sighup.recv() => warn!("SIGHUP: hot reload is not built yet; the running configuration is unchanged"),
+            }
         };
         info!(
             signal,

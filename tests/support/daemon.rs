@@ -346,12 +346,22 @@ impl Daemon {
 
     /// Sends a signal (`TERM`, `INT`, `HUP`, ...) to the daemon by PID.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", self.pid());
+        let number = match sig {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "HUP" => libc::SIGHUP,
+            "KILL" => libc::SIGKILL,
+            other => panic!("unknown signal {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a child's pid and a valid signal number has no memory effects.
+        let rc = unsafe { libc::kill(pid, number) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -{sig} {pid} failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn sigterm(&self) {
