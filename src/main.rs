@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("{e:#}");
+                // Printed directly, not logged: a fatal error must show whatever the log filter.
+                eprintln!("fulcrum: {e:#}");
                 ExitCode::FAILURE
             }
         },

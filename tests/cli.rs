@@ -308,3 +308,50 @@ fn run_exits_1_on_an_invalid_config_naming_the_key() {
     );
     assert!(err.contains(&*path.to_string_lossy()), "stderr: {err}");
 }
+
+#[test]
+fn a_fatal_error_is_printed_even_with_logging_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        "[runtime]\nworker_threads = \"many\"\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("worker_threads"), "stderr: {err}");
+    assert!(err.contains("line 2"), "stderr: {err}");
+}
+
+#[test]
+fn rust_log_sets_the_level_when_no_flag_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "[listeners.web]\nbind = \"{}\"\nmode = \"http\"\nrespond = {{ status = 200 }}\n",
+        taken.local_addr().unwrap()
+    );
+    let path = write(dir.path(), "taken.toml", &config);
+    let run = |filter: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", filter)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // The "starting" line is INFO: shown at info, hidden at warn; the bind error shows either way.
+    let info = run("info");
+    let warn = run("warn");
+    assert!(info.contains("starting"), "RUST_LOG=info:\n{info}");
+    assert!(!warn.contains("starting"), "RUST_LOG=warn:\n{warn}");
+    assert!(warn.contains("cannot bind"), "RUST_LOG=warn:\n{warn}");
+}
