@@ -1,5 +1,5 @@
-//! Cost of one pick on the request path: load the upstream's snapshot, take the first candidate and
-//! claim (then release) its in-flight slot. Run with `cargo bench --bench pick`.
+//! Cost of one pick on the request path: load the upstream's snapshot and claim (then release) the
+//! first attempt's in-flight slot. Run with `cargo bench --bench pick`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -47,8 +47,7 @@ fn round_robin(c: &mut Criterion) {
         group.bench_function(format!("{servers}_servers"), |b| {
             b.iter(|| {
                 let snap = up.load();
-                let server = snap.candidates(black_box(&ctx)).next().unwrap();
-                black_box(server.try_acquire())
+                black_box(snap.attempts(black_box(&ctx)).next())
             })
         });
     }

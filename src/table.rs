@@ -167,7 +167,24 @@ impl Snapshot {
         ctx: &PickContext<'_>,
     ) -> impl Iterator<Item = &'a Arc<Server>> + 'a {
         let positions: Candidates<'a> = self.balancer.candidates(ctx);
-        positions.map(move |pos| &self.servers[self.tier[pos] as usize])
+        positions.map(move |pos| self.in_tier(pos))
+    }
+
+    /// Claimed slots for one request (http) or connection (tcp), in the order to try them: the
+    /// candidates, skipping a server at `max_connections` (that is not a retry), at most
+    /// `1 + retries` of them. Every slot after the first counts in `fulcrum_retries_total`.
+    /// Both proxies take the next slot when an attempt fails in a way that may go elsewhere.
+    pub fn attempts<'a>(&'a self, ctx: &PickContext<'_>) -> Attempts<'a> {
+        Attempts {
+            snap: self,
+            positions: self.balancer.candidates(ctx),
+            left: self.settings.retries.saturating_add(1),
+            first: true,
+        }
+    }
+
+    fn in_tier(&self, pos: usize) -> &Arc<Server> {
+        &self.servers[self.tier[pos] as usize]
     }
 
     /// Whether any server may take traffic now.
@@ -187,6 +204,34 @@ impl Snapshot {
         } else {
             "up"
         }
+    }
+}
+
+/// The iterator of [`Snapshot::attempts`].
+pub struct Attempts<'a> {
+    snap: &'a Snapshot,
+    positions: Candidates<'a>,
+    left: u32,
+    first: bool,
+}
+
+impl Iterator for Attempts<'_> {
+    type Item = InFlight;
+
+    fn next(&mut self) -> Option<InFlight> {
+        if self.left == 0 {
+            return None;
+        }
+        let slot = self
+            .positions
+            .by_ref()
+            .find_map(|pos| self.snap.in_tier(pos).try_acquire())?;
+        if !self.first {
+            self.snap.retries.increment(1);
+        }
+        self.first = false;
+        self.left -= 1;
+        Some(slot)
     }
 }
 

@@ -18,22 +18,11 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer
         unreachable!("config validation rejects `respond` on tcp listeners");
     };
     let snap = upstream.load();
-    let attempts = snap.settings.retries + 1;
-    let mut attempts_left = attempts;
-    for server in snap.candidates(&PickContext {
+    for slot in snap.attempts(&PickContext {
         client: peer,
         head: None,
     }) {
-        if attempts_left == 0 {
-            break;
-        }
-        let Some(slot) = server.try_acquire() else {
-            continue;
-        };
-        if attempts_left < attempts {
-            snap.retries.increment(1);
-        }
-        attempts_left -= 1;
+        let server = slot.server();
         let mut upstream_stream = match connect_tcp(server.addr(), snap.settings.connect_timeout)
             .await
         {

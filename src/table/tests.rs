@@ -131,3 +131,36 @@ fn republishing_keeps_the_live_state_of_servers_that_stay() {
     assert_eq!(new.servers[0].state.requests(), 1);
     assert_eq!(new.servers[1].state.requests(), 0);
 }
+
+#[test]
+fn attempts_skip_full_servers_and_stop_after_the_retries() {
+    let mut config = upstream(vec![
+        server("127.0.0.1:1", 1, false, false, 1),
+        server("127.0.0.1:2", 1, false, false, 0),
+        server("127.0.0.1:3", 1, false, false, 0),
+        server("127.0.0.1:4", 1, false, false, 0),
+    ]);
+    config.retries = 1;
+    let up = Upstream::new(&config, &[]);
+    let snap = up.load();
+    let held = snap.servers[0].try_acquire().unwrap();
+    for _ in 0..8 {
+        let slots: Vec<InFlight> = snap.attempts(&ctx()).collect();
+        assert_eq!(slots.len(), 2, "one attempt plus one retry");
+        assert!(
+            slots
+                .iter()
+                .all(|s| s.server().config.address != "127.0.0.1:1"),
+            "a full server is skipped"
+        );
+        assert_ne!(
+            slots[0].server().config.address,
+            slots[1].server().config.address,
+            "never the same server twice"
+        );
+    }
+    drop(held);
+    config.retries = 0;
+    up.republish(&config, &[]);
+    assert_eq!(up.load().attempts(&ctx()).count(), 1);
+}

@@ -22,7 +22,7 @@ use super::body::{Lease, ProxyBody, RequestBody};
 use super::headers::prepare_response;
 use super::{fail, pool, upgrade};
 use crate::proxy::{ListenerCtx, ProxyError};
-use crate::table::{InFlight, Snapshot};
+use crate::table::{Attempts, InFlight, Snapshot};
 
 /// What one attempt on one server came to.
 enum Attempt {
@@ -72,29 +72,19 @@ impl Replay {
 pub async fn forward(
     ctx: &ListenerCtx,
     snap: &Snapshot,
-    candidates: impl Iterator<Item = &Arc<crate::table::Server>>,
+    attempts: Attempts<'_>,
     mut req: Request<RequestBody>,
     mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     let replay = Replay::of(&req);
-    let mut attempts_left = snap.settings.retries + 1;
     let mut last = None;
-    for server in candidates {
-        if attempts_left == 0 {
-            break;
-        }
-        let Some(slot) = server.try_acquire() else {
-            continue; // at max_connections: skipped, not a retry
-        };
-        if last.is_some() {
-            snap.retries.increment(1);
-        }
-        attempts_left -= 1;
+    for slot in attempts {
+        let server = Arc::clone(slot.server());
         match attempt(ctx, snap, slot, req, replay.as_ref(), &mut client_upgrade).await {
             Attempt::Answered(response) => return response,
             Attempt::Retry(again, error) => {
                 req = again;
-                last = Some((Arc::clone(server), error));
+                last = Some((server, error));
             }
         }
     }
