@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
-use crate::table::Upstream;
+use crate::table::{Server, Upstream};
 
 /// What the admin endpoint reports on.
 pub struct State {
@@ -99,27 +100,44 @@ pub fn status(state: &State) -> Value {
         .iter()
         .map(|(name, upstream)| {
             let snap = upstream.load();
-            let servers: Vec<Value> = snap
-                .servers
-                .iter()
-                .map(|s| {
-                    json!({
-                        "address": s.config.address,
-                        "weight": s.config.weight,
-                        "effective_weight": s.config.weight,
-                        "backup": s.config.backup,
-                        "state": snap.state_of(s),
-                        "in_flight": s.state.in_flight(),
-                        "requests": s.state.requests(),
-                        "failures": s.state.failures(),
-                        "last_check": Value::Null,
-                    })
-                })
-                .collect();
+            let servers: Vec<Value> = snap.servers.iter().map(|s| server_status(s)).collect();
             json!({"name": name, "strategy": snap.strategy.as_str(), "servers": servers})
         })
         .collect();
     json!({"version": env!("CARGO_PKG_VERSION"), "upstreams": upstreams})
+}
+
+/// One server's entry in `/status`: CONTRACT.md's fields, plus `health` (what the checks say:
+/// `up`, `down`, or `null` without checks) and `ejected` / `ejections`, so both facts that make a
+/// server eligible show.
+fn server_status(s: &Server) -> Value {
+    let life = s.state.life();
+    let last_check = life.health.as_ref().and_then(|h| h.last()).map(|c| {
+        json!({
+            "ok": c.ok,
+            "detail": c.detail,
+            "at": humantime::format_rfc3339_seconds(c.at).to_string(),
+        })
+    });
+    let health = life
+        .health
+        .as_ref()
+        .map(|h| if h.is_up() { "up" } else { "down" });
+    let effective = f64::from(s.effective_weight_tenths()) / f64::from(slow_start::STEPS);
+    json!({
+        "address": s.config.address,
+        "weight": s.config.weight,
+        "effective_weight": if effective.fract() == 0.0 { json!(effective as u64) } else { json!(effective) },
+        "backup": s.config.backup,
+        "state": s.standing.as_str(),
+        "health": health,
+        "ejected": life.ejection.is_ejected(),
+        "consecutive_failures": s.state.consecutive_failures(),
+        "in_flight": s.state.in_flight(),
+        "requests": s.state.requests(),
+        "failures": s.state.failures(),
+        "last_check": last_check,
+    })
 }
 
 fn page(status: &Value) -> String {

@@ -19,7 +19,7 @@ use crate::config::{Config, Mode, Target};
 use crate::lifecycle::{shutdown_channel, Shutdown, Tracker};
 use crate::listener::{self, Bound};
 use crate::proxy::ListenerCtx;
-use crate::table::Upstream;
+use crate::table::{Upstream, Writer};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
     };
     let workers = config.runtime.worker_threads;
     let tracker = Tracker::default();
-    let upstreams = build_upstreams(&config);
+    let (upstreams, writers) = build_upstreams(&config);
     let mut per_worker: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         let ctx = Arc::new(ListenerCtx::new(l, &upstreams, tracker.clone()));
@@ -103,6 +103,9 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
             .spawn(move || worker(runtime, sockets, limit, sweep, shutdown))?;
     }
     control.block_on(async {
+        for writer in writers {
+            tokio::spawn(writer.run(shutdown.clone()));
+        }
         if let Some(socket) = admin_socket {
             let state = Arc::new(admin::State {
                 upstreams,
@@ -143,7 +146,8 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
     })
 }
 
-fn build_upstreams(config: &Config) -> Vec<(String, Arc<Upstream>)> {
+/// The upstreams by name, and their writers (started on the control runtime).
+fn build_upstreams(config: &Config) -> (Vec<(String, Arc<Upstream>)>, Vec<Writer>) {
     config
         .upstreams
         .iter()
@@ -154,9 +158,10 @@ fn build_upstreams(config: &Config) -> Vec<(String, Arc<Upstream>)> {
                 .filter(|l| matches!(&l.target, Target::Upstream(name) if *name == u.name))
                 .map(|l| Arc::from(l.name.as_str()))
                 .collect();
-            (u.name.clone(), Arc::new(Upstream::new(u, &listeners)))
+            let (upstream, writer) = Upstream::new(u, &listeners);
+            ((u.name.clone(), upstream), writer)
         })
-        .collect()
+        .unzip()
 }
 
 fn worker(

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;

@@ -20,6 +20,10 @@ pub const CONNECTIONS_TOTAL: &str = "fulcrum_connections_total";
 pub const RETRIES_TOTAL: &str = "fulcrum_retries_total";
 /// `fulcrum_server_up`.
 pub const SERVER_UP: &str = "fulcrum_server_up";
+/// `fulcrum_server_ejections_total`.
+pub const SERVER_EJECTIONS_TOTAL: &str = "fulcrum_server_ejections_total";
+/// `fulcrum_health_checks_total`.
+pub const HEALTH_CHECKS_TOTAL: &str = "fulcrum_health_checks_total";
 
 /// Histogram buckets for upstream response time, in seconds (1 ms to 30 s).
 pub const RESPONSE_BUCKETS: &[f64] = &[
@@ -67,12 +71,18 @@ impl CodeCounters {
     }
 }
 
-/// Per-server series labelled `{upstream, server}`.
+/// Per-server series labelled `{upstream, server}` (checks also by `result`).
 pub struct ServerMetrics {
     /// Time from sending the request to the response head.
     pub response_seconds: Histogram,
     /// 1 when the server may take traffic, 0 otherwise.
     pub up: Gauge,
+    /// Passive ejections.
+    pub ejections: Counter,
+    /// Active checks that passed.
+    pub checks_ok: Counter,
+    /// Active checks that failed.
+    pub checks_fail: Counter,
 }
 
 impl ServerMetrics {
@@ -82,9 +92,13 @@ impl ServerMetrics {
             ("upstream", upstream.to_string()),
             ("server", server.to_string()),
         ];
+        let check = |result: &'static str| counter!(HEALTH_CHECKS_TOTAL, "upstream" => upstream.to_string(), "server" => server.to_string(), "result" => result);
         ServerMetrics {
             response_seconds: histogram!(UPSTREAM_RESPONSE_SECONDS, &labels),
             up: gauge!(SERVER_UP, &labels),
+            ejections: counter!(SERVER_EJECTIONS_TOTAL, &labels),
+            checks_ok: check("ok"),
+            checks_fail: check("fail"),
         }
     }
 }

@@ -1,90 +1,31 @@
 //! The backend table: per upstream, an immutable [`Snapshot`] behind `ArcSwap`, read on every pick
 //! without a lock, and per-server live state in atomics that outlives snapshots.
 //!
-//! This module is the only place that calls `ArcSwap::store`. A snapshot is built whole (servers,
-//! the eligible tier, the strategy's precomputed state, metric handles) and swapped once, so a pick
-//! never mixes versions. Live state is keyed by the server's address string, so a rebuilt snapshot
-//! keeps the counters of servers that stay.
+//! This module is the only place that calls `ArcSwap::store`, and only the upstream's [`Writer`]
+//! calls it after start: health checkers, workers (passive ejection) and timers send it events, and
+//! it rebuilds the snapshot whole (servers, their standing and effective weights, the eligible
+//! tier, the strategy's precomputed state) and swaps it once, so a pick never mixes versions and no
+//! update is lost to a concurrent one. Live state is keyed by the server's address string, so a
+//! rebuilt snapshot keeps the counters of servers that stay.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+mod server;
+mod writer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use server::{Failure, InFlight, Life, Passive, Server, ServerState, Standing};
+pub use writer::{Event, Writer};
 
 use crate::balance::{Balancer, Candidates, PickContext, RoundRobin};
-use crate::config::{ServerConfig, StrategyKind, UpstreamConfig};
-use crate::metrics::{CodeCounters, ServerMetrics};
-
-/// Live counters of one server, shared by every snapshot that contains it.
-#[derive(Default)]
-pub struct ServerState {
-    in_flight: AtomicU32,
-    requests: AtomicU64,
-    failures: AtomicU64,
-}
-
-impl ServerState {
-    /// Requests (http) or connections (tcp) being served now.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Requests or connections sent to this server since start.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Connect failures, timeouts and broken responses since start.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-}
-
-/// One server of one snapshot: its configuration, its live state and its metric handles.
-pub struct Server {
-    /// The server as configured.
-    pub config: ServerConfig,
-    /// Live counters, shared with the snapshots before and after this one.
-    pub state: Arc<ServerState>,
-    /// `{upstream, server}` series.
-    pub metrics: ServerMetrics,
-    /// `fulcrum_requests_total` handles, one set per listener that routes to this upstream.
-    requests_by_listener: Box<[(Arc<str>, CodeCounters)]>,
-}
-
-impl Server {
-    /// The address to connect to.
-    pub fn addr(&self) -> SocketAddr {
-        self.config.addr
-    }
-
-    /// Claims a slot for one request or connection, unless the server is at `max_connections`.
-    /// The slot is released when the returned guard drops, whatever path the request takes.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlight> {
-        let max = self.config.max_connections;
-        let in_flight = &self.state.in_flight;
-        if max == 0 {
-            in_flight.fetch_add(1, Ordering::Relaxed);
-        } else {
-            in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .ok()?;
-        }
-        self.state.requests.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            server: Arc::clone(self),
-        })
-    }
-
-    /// The request counters of `listener`.
-    pub fn requests_for(&self, listener: &str) -> Option<&CodeCounters> {
-        find_counters(&self.requests_by_listener, listener)
-    }
-}
+use crate::config::{RetryOn, StrategyKind, UpstreamConfig};
+use crate::health::budget::RetryBudget;
+use crate::health::slow_start;
+use crate::metrics::CodeCounters;
 
 fn find_counters<'a>(
     list: &'a [(Arc<str>, CodeCounters)],
@@ -93,37 +34,6 @@ fn find_counters<'a>(
     list.iter()
         .find(|(name, _)| &**name == listener)
         .map(|(_, c)| c)
-}
-
-/// A claimed slot on a server (see [`Server::try_acquire`]); outcomes are recorded through it.
-pub struct InFlight {
-    server: Arc<Server>,
-}
-
-impl InFlight {
-    /// The server this slot is on.
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
-    /// Records a failure to connect or to get a usable response.
-    pub fn record_failure(&self) {
-        self.server.state.failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records the time to the response head.
-    pub fn record_response_time(&self, elapsed: Duration) {
-        self.server
-            .metrics
-            .response_seconds
-            .record(elapsed.as_secs_f64());
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.server.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Per-upstream settings that travel with the snapshot, so a reload changes them atomically.
@@ -135,6 +45,8 @@ pub struct Settings {
     pub response_timeout: Duration,
     /// See [`UpstreamConfig::retries`].
     pub retries: u32,
+    /// See [`UpstreamConfig::retry_on`].
+    pub retry_on: RetryOn,
     /// See [`UpstreamConfig::pool_idle_timeout`].
     pub pool_idle_timeout: Duration,
     /// See [`UpstreamConfig::pool_max_idle_per_server`].
@@ -155,9 +67,11 @@ pub struct Snapshot {
     tier: Box<[u32]>,
     balancer: Balancer,
     /// `fulcrum_requests_total` handles for answers no server was involved in (503).
-    unserved: Box<[(Arc<str>, CodeCounters)]>,
+    unserved: Arc<[(Arc<str>, CodeCounters)]>,
     /// `fulcrum_retries_total{upstream}`: attempts on another server after a failed one.
     pub retries: metrics::Counter,
+    /// The upstream's retry budget (the same one in every snapshot).
+    budget: Arc<RetryBudget>,
 }
 
 impl Snapshot {
@@ -172,14 +86,16 @@ impl Snapshot {
 
     /// Claimed slots for one request (http) or connection (tcp), in the order to try them: the
     /// candidates, skipping a server at `max_connections` (that is not a retry), at most
-    /// `1 + retries` of them. Every slot after the first counts in `fulcrum_retries_total`.
-    /// Both proxies take the next slot when an attempt fails in a way that may go elsewhere.
-    pub fn attempts<'a>(&'a self, ctx: &PickContext<'_>) -> Attempts<'a> {
+    /// `1 + retries` of them, and a retry only while the retry budget allows it. Every slot after
+    /// the first counts in `fulcrum_retries_total`. Both proxies take the next slot when an
+    /// attempt fails in a way that may go elsewhere; `now` is the request's start.
+    pub fn attempts<'a>(&'a self, ctx: &PickContext<'_>, now: Instant) -> Attempts<'a> {
         Attempts {
             snap: self,
             positions: self.balancer.candidates(ctx),
             left: self.settings.retries.saturating_add(1),
             first: true,
+            now,
         }
     }
 
@@ -196,15 +112,6 @@ impl Snapshot {
     pub fn unserved_for(&self, listener: &str) -> Option<&CodeCounters> {
         find_counters(&self.unserved, listener)
     }
-
-    /// The state a server is in, as `/status` names it.
-    pub fn state_of(&self, server: &Server) -> &'static str {
-        if server.config.down {
-            "config_down"
-        } else {
-            "up"
-        }
-    }
 }
 
 /// The iterator of [`Snapshot::attempts`].
@@ -213,6 +120,7 @@ pub struct Attempts<'a> {
     positions: Candidates<'a>,
     left: u32,
     first: bool,
+    now: Instant,
 }
 
 impl Iterator for Attempts<'_> {
@@ -226,7 +134,13 @@ impl Iterator for Attempts<'_> {
             .positions
             .by_ref()
             .find_map(|pos| self.snap.in_tier(pos).try_acquire())?;
-        if !self.first {
+        if self.first {
+            self.snap.budget.record_first(self.now);
+        } else {
+            if !self.snap.budget.try_retry(Instant::now()) {
+                self.left = 0;
+                return None;
+            }
             self.snap.retries.increment(1);
         }
         self.first = false;
@@ -235,17 +149,26 @@ impl Iterator for Attempts<'_> {
     }
 }
 
-/// One upstream: the published snapshot, and the only code that replaces it.
+/// One upstream: the published snapshot, and the inbox of the writer that replaces it.
 pub struct Upstream {
     snapshot: ArcSwap<Snapshot>,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 impl Upstream {
-    /// Builds the first snapshot of an upstream used by `listeners`.
-    pub fn new(config: &UpstreamConfig, listeners: &[Arc<str>]) -> Self {
-        Upstream {
-            snapshot: ArcSwap::from_pointee(build(config, listeners, &[])),
-        }
+    /// Builds the first snapshot of an upstream used by `listeners`, and the writer that owns its
+    /// later snapshots (to be run on the control runtime with [`Writer::run`]).
+    pub fn new(config: &UpstreamConfig, listeners: &[Arc<str>]) -> (Arc<Upstream>, Writer) {
+        let (events, inbox) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let budget = Arc::new(RetryBudget::new(config.retry_budget, now));
+        let first = build(config, listeners, None, &events, budget, now);
+        let upstream = Arc::new(Upstream {
+            snapshot: ArcSwap::from_pointee(first),
+            events,
+        });
+        let writer = Writer::new(Arc::clone(&upstream), config.clone(), listeners, inbox);
+        (upstream, writer)
     }
 
     /// The current snapshot (one atomic load and reference count).
@@ -253,42 +176,100 @@ impl Upstream {
         self.snapshot.load_full()
     }
 
-    /// Publishes a snapshot for a new configuration, keeping the live state of servers that stay.
-    pub fn republish(&self, config: &UpstreamConfig, listeners: &[Arc<str>]) {
-        let old = self.snapshot.load();
-        self.snapshot
-            .store(Arc::new(build(config, listeners, &old.servers)));
+    /// Where checkers and workers send the writer events.
+    pub fn events(&self) -> &mpsc::UnboundedSender<Event> {
+        &self.events
+    }
+
+    /// Swaps in `next`; only the writer calls this.
+    fn store(&self, next: Snapshot) {
+        self.snapshot.store(Arc::new(next));
     }
 }
 
-fn build(config: &UpstreamConfig, listeners: &[Arc<str>], previous: &[Arc<Server>]) -> Snapshot {
+/// Where a server stands given its configuration and the writer's record of it.
+fn standing(down: bool, life: &Life) -> Standing {
+    if down {
+        Standing::ConfigDown
+    } else if life.health.as_ref().is_some_and(|h| !h.is_up()) {
+        Standing::Down
+    } else if life.ejection.is_ejected() {
+        Standing::Ejected
+    } else {
+        Standing::Up
+    }
+}
+
+fn build(
+    config: &UpstreamConfig,
+    listeners: &[Arc<str>],
+    previous: Option<&Snapshot>,
+    events: &mpsc::UnboundedSender<Event>,
+    budget: Arc<RetryBudget>,
+    now: Instant,
+) -> Snapshot {
     let name: Arc<str> = Arc::from(config.name.as_str());
+    let same_listeners = |old: &[(Arc<str>, CodeCounters)]| {
+        old.len() == listeners.len() && old.iter().zip(listeners).all(|((a, _), b)| a == b)
+    };
+    let passive = Passive {
+        threshold: config.ejection.consecutive_failures,
+        events: events.clone(),
+    };
     let servers: Vec<Arc<Server>> = config
         .servers
         .iter()
         .map(|sc| {
-            let state = previous
-                .iter()
-                .find(|p| p.config.address == sc.address)
-                .map(|p| Arc::clone(&p.state))
-                .unwrap_or_default();
-            let requests_by_listener = listeners
-                .iter()
-                .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, &sc.address)))
-                .collect();
+            let old =
+                previous.and_then(|p| p.servers.iter().find(|s| s.config.address == sc.address));
+            let state = old.map_or_else(
+                || Arc::new(ServerState::new(&name, &sc.address)),
+                |s| Arc::clone(&s.state),
+            );
+            let requests_by_listener = match old {
+                Some(s) if same_listeners(&s.requests_by_listener) => {
+                    Arc::clone(&s.requests_by_listener)
+                }
+                _ => listeners
+                    .iter()
+                    .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, &sc.address)))
+                    .collect(),
+            };
+            let (standing, tenths) = {
+                let mut life = state.life();
+                if config.health_check.is_some() && life.health.is_none() {
+                    life.health = Some(Default::default());
+                } else if config.health_check.is_none() {
+                    life.health = None;
+                }
+                let standing = standing(sc.down, &life);
+                let tenths = match life.ramp_since {
+                    Some(since) if standing == Standing::Up => {
+                        slow_start::tenths(since, now, config.slow_start)
+                    }
+                    _ => slow_start::STEPS,
+                };
+                (standing, tenths)
+            };
+            state
+                .metrics
+                .up
+                .set(if standing == Standing::Up { 1.0 } else { 0.0 });
             Arc::new(Server {
                 config: sc.clone(),
                 state,
-                metrics: ServerMetrics::new(&name, &sc.address),
+                standing,
+                tenths,
                 requests_by_listener,
+                passive: passive.clone(),
             })
         })
         .collect();
     let eligible = |backup: bool| -> Vec<u32> {
         (0..servers.len() as u32)
             .filter(|&i| {
-                let c = &servers[i as usize].config;
-                c.backup == backup && !c.down
+                let s = &servers[i as usize];
+                s.config.backup == backup && s.standing == Standing::Up
             })
             .collect()
     };
@@ -296,38 +277,41 @@ fn build(config: &UpstreamConfig, listeners: &[Arc<str>], previous: &[Arc<Server
     if tier.is_empty() {
         tier = eligible(true);
     }
-    for server in &servers {
-        let up = !server.config.down;
-        server.metrics.up.set(if up { 1.0 } else { 0.0 });
-    }
     let weights: Vec<u32> = tier
         .iter()
-        .map(|&i| servers[i as usize].config.weight)
+        .map(|&i| servers[i as usize].effective_weight_tenths())
         .collect();
     let balancer = match config.strategy {
         StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
     };
-    let unserved = listeners
-        .iter()
-        .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, "")))
-        .collect();
+    let unserved = match previous {
+        Some(p) if same_listeners(&p.unserved) => Arc::clone(&p.unserved),
+        _ => listeners
+            .iter()
+            .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, "")))
+            .collect(),
+    };
     Snapshot {
-        name,
-        strategy: config.strategy,
         settings: Settings {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             retries: config.retries,
+            retry_on: config.retry_on,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_server: config.pool_max_idle_per_server,
         },
+        strategy: config.strategy,
         servers,
         tier: tier.into_boxed_slice(),
         balancer,
         unserved,
         retries: metrics::counter!(crate::metrics::RETRIES_TOTAL, "upstream" => config.name.clone()),
+        budget,
+        name,
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;

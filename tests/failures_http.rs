@@ -5,7 +5,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use http::{Method, StatusCode};
 use support::client::{self, assert_own_error, get_once, head_header, read_head, H1Client};

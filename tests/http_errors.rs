@@ -3,7 +3,8 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use http::{Method, StatusCode};
 use support::client::{self, assert_own_error, get_once, H1Client};

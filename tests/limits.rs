@@ -2,7 +2,8 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use http::StatusCode;
 use support::client::{get_once, read_head, read_to_eof, H1Client};

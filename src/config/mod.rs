@@ -4,6 +4,7 @@
 //! reload all apply the same ones. Names are the public contract in CONTRACT.md.
 
 mod error;
+mod fault;
 mod raw;
 mod validate;
 
@@ -16,6 +17,7 @@ use http::{HeaderMap, StatusCode};
 
 pub use error::Error;
 use error::Source;
+pub use fault::{CheckKind, EjectionConfig, ExpectStatus, HealthCheckConfig, RetryOn};
 
 /// The validated configuration of the whole daemon.
 #[derive(Debug, Clone)]
@@ -123,8 +125,18 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Ceiling from sending a request to receiving the response head (http mode).
     pub response_timeout: Duration,
-    /// Other servers tried after the first one fails to connect.
+    /// Other servers tried after a failed attempt (never the same server twice).
     pub retries: u32,
+    /// Extra retry conditions for idempotent requests.
+    pub retry_on: RetryOn,
+    /// Retries allowed as a share of first attempts over 10 s (at least 3 per second).
+    pub retry_budget: f64,
+    /// How long a server that (re)enters service takes to reach its full weight; zero = off.
+    pub slow_start: Duration,
+    /// Active checks, when configured.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection from real traffic (on by default).
+    pub ejection: EjectionConfig,
     /// An idle pooled upstream connection is closed after this.
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per server, per worker.

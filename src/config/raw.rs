@@ -87,12 +87,34 @@ pub struct Upstream {
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub pool_max_idle_per_server: Option<usize>,
     pub servers: Spanned<Vec<Spanned<Server>>>,
-    pub retry_on: Reserved,
-    pub retry_budget: Reserved,
-    pub slow_start: Reserved,
+    pub retry_on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub retry_budget: Option<Spanned<f64>>,
+    pub slow_start: Option<Spanned<String>>,
     pub hash: Reserved,
-    pub health_check: Reserved,
-    pub ejection: Reserved,
+    pub health_check: Option<Spanned<HealthCheck>>,
+    pub ejection: Option<Spanned<Ejection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ejection {
+    pub consecutive_failures: Option<u32>,
+    pub base_time: Option<Spanned<String>>,
+    pub max_time: Option<Spanned<String>>,
+    pub max_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]

@@ -129,10 +129,10 @@ servers = []
 fn reserved_keys_say_not_supported_yet() {
     let text = GOOD.replace(
         "[upstreams.app]\n",
-        "[upstreams.app]\nslow_start = \"10s\"\n",
+        "[upstreams.app]\nhash = { key = \"uri\" }\n",
     );
     let (_, key, message) = error_of(&text);
-    assert_eq!(key, "upstreams.app.slow_start");
+    assert_eq!(key, "upstreams.app.hash");
     assert!(message.contains("not supported yet"), "{message}");
 }
 
@@ -151,4 +151,138 @@ fn a_listener_needs_exactly_one_target() {
     );
     let (_, key, _) = error_of(&text);
     assert_eq!(key, "listeners.web.upstream");
+}
+
+#[test]
+fn fault_tolerance_keys_have_the_contract_defaults() {
+    let app = &parse(GOOD).unwrap().upstreams[0];
+    assert_eq!(app.retry_on, RetryOn::default());
+    assert_eq!(app.retry_budget, 0.2);
+    assert_eq!(app.slow_start, Duration::ZERO);
+    assert!(app.health_check.is_none());
+    assert_eq!(app.ejection, EjectionConfig::default());
+    assert_eq!(app.ejection.consecutive_failures, 5);
+    assert_eq!(app.ejection.base_time, Duration::from_secs(30));
+    assert_eq!(app.ejection.max_time, Duration::from_secs(300));
+    assert_eq!(app.ejection.max_percent, 50);
+}
+
+#[test]
+fn fault_tolerance_keys_parse() {
+    let text = GOOD.replace(
+        "[upstreams.app]\n",
+        r#"[upstreams.app]
+retry_on = ["5xx", "timeout"]
+retry_budget = 0.5
+slow_start = "20s"
+health_check = { kind = "http", path = "/healthz", host = "app.internal", expect_status = "200,204", interval = "3s", timeout = "500ms", rise = 1, fall = 4 }
+ejection = { consecutive_failures = 0, base_time = "1s", max_time = "5s", max_percent = 100 }
+"#,
+    );
+    let app = &parse(&text).unwrap().upstreams[0];
+    assert!(app.retry_on.server_error && app.retry_on.timeout);
+    assert_eq!(app.retry_budget, 0.5);
+    assert_eq!(app.slow_start, Duration::from_secs(20));
+    let check = app.health_check.as_ref().unwrap();
+    assert_eq!(check.kind, CheckKind::Http);
+    assert_eq!(check.path, "/healthz");
+    assert_eq!(check.host.as_deref(), Some("app.internal"));
+    assert!(check.expect_status.matches(204) && !check.expect_status.matches(201));
+    assert_eq!(check.interval, Duration::from_secs(3));
+    assert_eq!(check.timeout, Duration::from_millis(500));
+    assert_eq!((check.rise, check.fall), (1, 4));
+    assert_eq!(app.ejection.consecutive_failures, 0);
+    assert_eq!(app.ejection.max_percent, 100);
+
+    let tcp = GOOD.replace(
+        "[upstreams.app]\n",
+        "[upstreams.app]\nhealth_check = { kind = \"tcp\" }\n",
+    );
+    let check = parse(&tcp).unwrap().upstreams[0]
+        .health_check
+        .clone()
+        .unwrap();
+    assert_eq!(check.kind, CheckKind::Tcp);
+    assert_eq!(check.path, "/");
+    assert!(check.expect_status.matches(200) && check.expect_status.matches(399));
+    assert!(!check.expect_status.matches(400));
+    assert_eq!(
+        (check.interval, check.timeout),
+        (Duration::from_secs(2), Duration::from_secs(1))
+    );
+    assert_eq!((check.rise, check.fall), (2, 3));
+}
+
+#[test]
+fn bad_fault_tolerance_values_are_located() {
+    for (extra, want_key, want_text) in [
+        (
+            "retry_on = [\"5xx\", \"4xx\"]",
+            "upstreams.app.retry_on",
+            "4xx",
+        ),
+        (
+            "retry_budget = 1.5",
+            "upstreams.app.retry_budget",
+            "between 0.0 and 1.0",
+        ),
+        (
+            "slow_start = \"soon\"",
+            "upstreams.app.slow_start",
+            "not a duration",
+        ),
+        (
+            "health_check = { kind = \"udp\" }",
+            "upstreams.app.health_check.kind",
+            "udp",
+        ),
+        (
+            "health_check = { kind = \"http\", path = \"healthz\" }",
+            "upstreams.app.health_check.path",
+            "start with",
+        ),
+        (
+            "health_check = { kind = \"http\", expect_status = \"2xx\" }",
+            "upstreams.app.health_check.expect_status",
+            "2xx",
+        ),
+        (
+            "health_check = { kind = \"tcp\", rise = 0 }",
+            "upstreams.app.health_check.rise",
+            "at least 1",
+        ),
+        (
+            "health_check = { kind = \"tcp\", interval = \"0s\" }",
+            "upstreams.app.health_check.interval",
+            "greater than 0",
+        ),
+        (
+            "health_check = { kind = \"tcp\", fail = 2 }",
+            "fail",
+            "unknown field",
+        ),
+        (
+            "ejection = { max_percent = 101 }",
+            "upstreams.app.ejection.max_percent",
+            "0..=100",
+        ),
+        (
+            "ejection = { base_time = \"10s\", max_time = \"5s\" }",
+            "upstreams.app.ejection.max_time",
+            "at least base_time",
+        ),
+    ] {
+        let text = GOOD.replace("[upstreams.app]\n", &format!("[upstreams.app]\n{extra}\n"));
+        let (line, key, message) = error_of(&text);
+        assert_eq!(key, want_key, "{extra}: {message}");
+        assert!(message.contains(want_text), "{extra}: {message}");
+        let want_line = GOOD[..GOOD.find("[upstreams.app]").unwrap()]
+            .matches('\n')
+            .count()
+            + 2;
+        assert_eq!(
+            line, want_line,
+            "{extra}: the error points at the key's line"
+        );
+    }
 }

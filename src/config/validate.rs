@@ -21,7 +21,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: std::ops::Range<usize>,
         key: impl Into<String>,
@@ -41,7 +41,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         key: &str,
         value: Option<Spanned<String>>,
@@ -63,7 +63,7 @@ impl Validator<'_> {
     }
 
     /// Like [`Self::duration`], but zero is rejected (a zero timeout would fail every attempt).
-    fn positive_duration(
+    pub(super) fn positive_duration(
         &self,
         key: &str,
         value: Option<Spanned<String>>,
@@ -295,16 +295,7 @@ impl Validator<'_> {
 
     fn upstream(&self, name: String, u: raw::Upstream) -> Result<UpstreamConfig, Error> {
         let key = |k: &str| format!("upstreams.{name}.{k}");
-        for (k, v) in [
-            ("retry_on", &u.retry_on),
-            ("retry_budget", &u.retry_budget),
-            ("slow_start", &u.slow_start),
-            ("hash", &u.hash),
-            ("health_check", &u.health_check),
-            ("ejection", &u.ejection),
-        ] {
-            self.reserved(&key(k), v)?;
-        }
+        self.reserved(&key("hash"), &u.hash)?;
         let strategy = match &u.strategy {
             None => StrategyKind::RoundRobin,
             Some(s) => match s.get_ref().as_str() {
@@ -340,6 +331,14 @@ impl Validator<'_> {
             u.pool_idle_timeout,
             Duration::from_secs(4),
         )?;
+        let retry_on = self.retry_on(&key("retry_on"), u.retry_on)?;
+        let retry_budget = self.retry_budget(&key("retry_budget"), u.retry_budget)?;
+        let slow_start = self.duration(&key("slow_start"), u.slow_start, Duration::ZERO)?;
+        let health_check = u
+            .health_check
+            .map(|c| self.health_check(&key("health_check"), c))
+            .transpose()?;
+        let ejection = self.ejection(&key("ejection"), u.ejection)?;
         let servers_span = u.servers.span();
         let raw_servers = u.servers.into_inner();
         if raw_servers.is_empty() {
@@ -389,6 +388,11 @@ impl Validator<'_> {
             connect_timeout,
             response_timeout,
             retries: u.retries.unwrap_or(2),
+            retry_on,
+            retry_budget,
+            slow_start,
+            health_check,
+            ejection,
             pool_idle_timeout,
             pool_max_idle_per_server: u.pool_max_idle_per_server.unwrap_or(32),
             servers,

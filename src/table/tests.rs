@@ -1,8 +1,11 @@
 use std::time::Duration;
 
-use super::*;
+use tokio::time::Instant;
 
-fn server(
+use super::*;
+use crate::config::ServerConfig;
+
+pub(super) fn server(
     address: &str,
     weight: u32,
     backup: bool,
@@ -19,20 +22,25 @@ fn server(
     }
 }
 
-fn upstream(servers: Vec<ServerConfig>) -> UpstreamConfig {
+pub(super) fn upstream(servers: Vec<ServerConfig>) -> UpstreamConfig {
     UpstreamConfig {
         name: "app".into(),
         strategy: StrategyKind::RoundRobin,
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
         retries: 2,
+        retry_on: Default::default(),
+        retry_budget: 0.2,
+        slow_start: Duration::ZERO,
+        health_check: None,
+        ejection: Default::default(),
         pool_idle_timeout: Duration::from_secs(4),
         pool_max_idle_per_server: 8,
         servers,
     }
 }
 
-fn ctx() -> PickContext<'static> {
+pub(super) fn ctx() -> PickContext<'static> {
     PickContext {
         client: "127.0.0.1:9".parse().unwrap(),
         head: None,
@@ -47,7 +55,7 @@ fn first_address(snap: &Snapshot) -> Option<String> {
 
 #[test]
 fn backups_are_used_only_when_no_primary_is_eligible() {
-    let up = Upstream::new(
+    let (up, _writer) = Upstream::new(
         &upstream(vec![
             server("127.0.0.1:1", 1, false, false, 0),
             server("127.0.0.1:2", 1, true, false, 0),
@@ -64,7 +72,7 @@ fn backups_are_used_only_when_no_primary_is_eligible() {
         "backups are not candidates beside primaries"
     );
 
-    let up = Upstream::new(
+    let (up, _writer) = Upstream::new(
         &upstream(vec![
             server("127.0.0.1:1", 1, false, true, 0),
             server("127.0.0.1:2", 1, true, false, 0),
@@ -76,7 +84,7 @@ fn backups_are_used_only_when_no_primary_is_eligible() {
 
 #[test]
 fn down_servers_are_never_candidates() {
-    let up = Upstream::new(
+    let (up, _writer) = Upstream::new(
         &upstream(vec![
             server("127.0.0.1:1", 1, false, true, 0),
             server("127.0.0.1:2", 1, true, true, 0),
@@ -86,12 +94,12 @@ fn down_servers_are_never_candidates() {
     let snap = up.load();
     assert!(!snap.has_eligible());
     assert_eq!(snap.candidates(&ctx()).count(), 0);
-    assert_eq!(snap.state_of(&snap.servers[0]), "config_down");
+    assert_eq!(snap.servers[0].standing, Standing::ConfigDown);
 }
 
 #[test]
 fn in_flight_slots_respect_max_connections_and_release_on_drop() {
-    let up = Upstream::new(
+    let (up, _writer) = Upstream::new(
         &upstream(vec![server("127.0.0.1:1", 1, false, false, 2)]),
         &[],
     );
@@ -117,14 +125,17 @@ fn republishing_keeps_the_live_state_of_servers_that_stay() {
         server("127.0.0.1:1", 1, false, false, 0),
         server("127.0.0.1:2", 1, false, false, 0),
     ]);
-    let up = Upstream::new(&config, &[]);
+    let (up, mut writer) = Upstream::new(&config, &[]);
     let old = up.load();
-    old.servers[1].try_acquire().unwrap().record_failure();
+    old.servers[1]
+        .try_acquire()
+        .unwrap()
+        .failed(Failure::ConnectRefused);
     let new_config = upstream(vec![
         server("127.0.0.1:2", 5, false, false, 0),
         server("127.0.0.1:3", 1, false, false, 0),
     ]);
-    up.republish(&new_config, &[]);
+    writer.reconfigure(new_config, Instant::now());
     let new = up.load();
     assert_eq!(new.servers[0].config.weight, 5);
     assert_eq!(new.servers[0].state.failures(), 1);
@@ -141,11 +152,11 @@ fn attempts_skip_full_servers_and_stop_after_the_retries() {
         server("127.0.0.1:4", 1, false, false, 0),
     ]);
     config.retries = 1;
-    let up = Upstream::new(&config, &[]);
+    let (up, mut writer) = Upstream::new(&config, &[]);
     let snap = up.load();
     let held = snap.servers[0].try_acquire().unwrap();
     for _ in 0..8 {
-        let slots: Vec<InFlight> = snap.attempts(&ctx()).collect();
+        let slots: Vec<InFlight> = snap.attempts(&ctx(), Instant::now()).collect();
         assert_eq!(slots.len(), 2, "one attempt plus one retry");
         assert!(
             slots
@@ -161,6 +172,6 @@ fn attempts_skip_full_servers_and_stop_after_the_retries() {
     }
     drop(held);
     config.retries = 0;
-    up.republish(&config, &[]);
-    assert_eq!(up.load().attempts(&ctx()).count(), 1);
+    writer.reconfigure(config, Instant::now());
+    assert_eq!(up.load().attempts(&ctx(), Instant::now()).count(), 1);
 }

@@ -443,7 +443,7 @@ pub fn run_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String, S
     };
     let out = collect(Box::new(child.stdout.take().expect("stdout")));
     let err = collect(Box::new(child.stderr.take().expect("stderr")));
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;

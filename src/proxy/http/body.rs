@@ -3,6 +3,12 @@
 //! streamed through, or bytes Fulcrum made itself. Enums rather than boxed trait objects, so a
 //! request allocates nothing for its bodies.
 //!
+//! An idempotent request's body is [`Tee`]d: streamed upstream as it arrives while the first
+//! [`REPLAY_LIMIT`] bytes are kept (as reference-counted `Bytes`, not copied), so the request can be
+//! sent again to another server if the first fails before answering. When the attempt's connection
+//! lets go of the body, the kept bytes and the unread rest come back through a oneshot channel; a
+//! body that outgrew the limit comes back as nothing, and the request is not replayed.
+//!
 //! A relayed body carries the lease on its upstream connection: when the body ends, the connection
 //! goes back to the worker's pool and the server's in-flight slot is released; if the client goes
 //! away first, both are dropped and the half-read connection is closed, never reused.
@@ -14,16 +20,123 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use super::pool::{self, Sender};
-use crate::table::InFlight;
+use crate::table::{Failure, InFlight};
+
+/// The most of a request body kept for a replay (CONTRACT.md "Retries").
+pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// A request body as sent to a server.
 pub enum RequestBody {
     /// The client's body, streamed frame by frame.
     Client(Incoming),
+    /// The client's body streamed with a replay copy (idempotent requests).
+    Teed(Tee),
     /// No body: a bodiless request rebuilt for another attempt.
     Empty,
+}
+
+/// What a [`Tee`] hands back when its attempt lets go of it: the bytes read so far and the unread
+/// rest of the client's body (`None` once it has all been read).
+pub struct Leftover {
+    sent: Vec<Bytes>,
+    rest: Option<Incoming>,
+}
+
+/// A request body streamed upstream while its first [`REPLAY_LIMIT`] bytes are kept.
+pub struct Tee {
+    /// Bytes of an earlier attempt, sent again before the rest.
+    replay: std::vec::IntoIter<Bytes>,
+    rest: Option<Incoming>,
+    kept: Vec<Bytes>,
+    kept_len: usize,
+    /// The body outgrew the limit (or carried trailers): it cannot be replayed.
+    spoiled: bool,
+    back: Option<oneshot::Sender<Leftover>>,
+}
+
+impl Tee {
+    /// Tees `body`; the returned receiver gets the leftover when the tee is dropped.
+    pub fn new(body: Incoming) -> (Tee, oneshot::Receiver<Leftover>) {
+        Tee::resume(Leftover {
+            sent: Vec::new(),
+            rest: Some(body),
+        })
+    }
+
+    /// A tee that first sends again what `leftover` had sent, then the rest.
+    pub fn resume(leftover: Leftover) -> (Tee, oneshot::Receiver<Leftover>) {
+        let (tx, rx) = oneshot::channel();
+        let kept_len = leftover.sent.iter().map(Bytes::len).sum();
+        let tee = Tee {
+            replay: leftover.sent.clone().into_iter(),
+            rest: leftover.rest,
+            kept: leftover.sent,
+            kept_len,
+            spoiled: false,
+            back: Some(tx),
+        };
+        (tee, rx)
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(bytes) = self.replay.next() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(rest).poll_frame(cx));
+        match &frame {
+            None => self.rest = None,
+            Some(Ok(frame)) if !self.spoiled => match frame.data_ref() {
+                Some(data) if self.kept_len + data.len() <= REPLAY_LIMIT => {
+                    self.kept_len += data.len();
+                    self.kept.push(data.clone());
+                }
+                _ => {
+                    self.spoiled = true;
+                    self.kept = Vec::new();
+                }
+            },
+            Some(_) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.replay.len() == 0 && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let replay: u64 = self.replay.as_slice().iter().map(|b| b.len() as u64).sum();
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + replay);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + replay);
+        }
+        hint
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if let (false, Some(back)) = (self.spoiled, self.back.take()) {
+            let _ = back.send(Leftover {
+                sent: std::mem::take(&mut self.kept),
+                rest: self.rest.take(),
+            });
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -36,6 +149,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Teed(tee) => tee.poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -43,6 +157,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Teed(tee) => tee.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -50,6 +165,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Teed(tee) => tee.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -133,7 +249,7 @@ impl Body for ProxyBody {
                     }
                     Some(Err(_)) => {
                         if let Some(lease) = lease.take() {
-                            lease.slot.record_failure();
+                            lease.slot.failed(Failure::BrokenResponse);
                         }
                     }
                     // hyper stops polling once a body reports its end, so a body whose last frame

@@ -1,70 +1,119 @@
-//! Forwarding one request: walk the candidates, claim a slot, get a connection, send, and decide
-//! whether a failure may go to another server (CONTRACT.md, "Retries").
+//! Forwarding one request: walk the candidates, claim a slot, get a connection, send, record how
+//! the attempt went, and decide whether a failure may go to another server (CONTRACT.md, "Retries").
 //!
 //! - A connect that fails or times out sends nothing, so the request, whatever its method, moves to
 //!   the next candidate untouched.
 //! - A pooled connection that the server closes under the request (the keep-alive race, not a
 //!   server fault) is replaced once by a fresh connection to the same server, when the request never
 //!   left or may be replayed; this is not a retry (nginx and HAProxy do the same).
-//! - A bodiless idempotent request whose connection is closed or reset before the response is rebuilt
-//!   from a copy of its head and sent to the next candidate. Anything else that has put bytes on the
-//!   wire is answered 502 and never sent twice.
+//! - An idempotent request (RFC 9110 §9.2.2) is replayed on the next candidate, from a copy of its
+//!   head and of at most the first 64 KiB of its body, when its connection is closed or reset before
+//!   a response, and, when `retry_on` names them, on a 502/503/504 ("5xx") or a response timeout
+//!   ("timeout"). When no other attempt is possible (retries used up, budget spent, body too long),
+//!   the client gets the last attempt's answer: the server's 5xx itself, or Fulcrum's 502/504.
+//! - A non-idempotent request that has put bytes on the wire is answered 502 and never sent twice.
+//!
+//! Every attempt records its outcome on the server: a response below 500 is a success; a connect
+//! error, reset, timeout, 5xx or broken response is a failure (which feeds passive ejection). A
+//! client that goes away mid-request is neither.
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::body::{Lease, ProxyBody, RequestBody};
+use super::body::{Lease, Leftover, ProxyBody, RequestBody, Tee};
 use super::headers::prepare_response;
-use super::{fail, pool, upgrade};
+use super::{pool, upgrade};
+use crate::metrics::CodeCounters;
 use crate::proxy::{ListenerCtx, ProxyError};
-use crate::table::{Attempts, InFlight, Snapshot};
+use crate::table::{Attempts, Failure, InFlight, Snapshot};
+
+/// How long a failed attempt's connection may take to hand a teed body back. The connection task
+/// is aborted when its sender drops, so this is a ceiling, not a wait.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(1);
 
 /// What one attempt on one server came to.
 enum Attempt {
-    /// The server answered (or Fulcrum answered for it: timeout, broken response).
+    /// The client gets this, whatever else could be tried.
     Answered(Response<ProxyBody>),
-    /// Nothing usable came back and the request may go to the next candidate.
-    Retry(Request<RequestBody>, ProxyError),
+    /// Nothing was sent: the request is handed back untouched for the next candidate.
+    Unsent(Request<RequestBody>, ProxyError),
+    /// The request was sent and failed in a way that lets an idempotent request go elsewhere;
+    /// `answer` is what the client gets if it does not.
+    Sent(Response<ProxyBody>),
 }
 
-/// The head of a bodiless idempotent request, kept so that it can be sent again.
+/// The head of an idempotent request, and the way back to its body, kept so that it can be sent
+/// again.
 pub struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// Where the teed body comes back; `None` for a bodiless request.
+    body: Option<oneshot::Receiver<Leftover>>,
+}
+
+/// Whether `method` may be sent twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 impl Replay {
-    /// A copy of `req`'s head when `req` may be replayed: an idempotent method (RFC 9110 §9.2.2)
-    /// and no body.
-    pub fn of(req: &Request<RequestBody>) -> Option<Replay> {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        (idempotent && req.body().is_end_stream()).then(|| Replay {
+    /// Readies `req` to be replayed when its method is idempotent: copies the head and, when it
+    /// has a body, tees the body. `None` for any other method.
+    pub fn prepare(req: &mut Request<RequestBody>) -> Option<Replay> {
+        if !is_idempotent(req.method()) {
+            return None;
+        }
+        let body = if req.body().is_end_stream() {
+            None
+        } else {
+            match std::mem::replace(req.body_mut(), RequestBody::Empty) {
+                RequestBody::Client(incoming) => {
+                    let (tee, rx) = Tee::new(incoming);
+                    *req.body_mut() = RequestBody::Teed(tee);
+                    Some(rx)
+                }
+                other => {
+                    *req.body_mut() = other;
+                    return None;
+                }
+            }
+        };
+        Some(Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
+            body,
         })
     }
 
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Empty);
+    /// The request again, for another attempt, once the previous attempt has let go of it; `None`
+    /// when its body outgrew the replay copy or did not come back.
+    async fn request(&mut self) -> Option<Request<RequestBody>> {
+        let body = match self.body.take() {
+            None => RequestBody::Empty,
+            Some(rx) => {
+                let leftover = tokio::time::timeout(LEFTOVER_WAIT, rx).await.ok()?.ok()?;
+                let (tee, rx) = Tee::resume(leftover);
+                self.body = Some(rx);
+                RequestBody::Teed(tee)
+            }
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        req
+        Some(req)
     }
 }
 
@@ -72,26 +121,48 @@ impl Replay {
 pub async fn forward(
     ctx: &ListenerCtx,
     snap: &Snapshot,
-    attempts: Attempts<'_>,
+    mut attempts: Attempts<'_>,
     mut req: Request<RequestBody>,
     mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
-    let replay = Replay::of(&req);
-    let mut last = None;
-    for slot in attempts {
+    let mut replay = Replay::prepare(&mut req);
+    let Some(mut slot) = attempts.next() else {
+        return answer(
+            snap.unserved_for(&ctx.name),
+            ProxyError::NoServer.response(),
+        );
+    };
+    loop {
         let server = Arc::clone(slot.server());
-        match attempt(ctx, snap, slot, req, replay.as_ref(), &mut client_upgrade).await {
-            Attempt::Answered(response) => return response,
-            Attempt::Retry(again, error) => {
+        let counters = server.requests_for(&ctx.name);
+        let outcome = attempt(ctx, snap, slot, req, replay.as_mut(), &mut client_upgrade).await;
+        let (again, last) = match outcome {
+            Attempt::Answered(response) => return answer(counters, response),
+            Attempt::Unsent(again, error) => (again, error.response()),
+            Attempt::Sent(response) => match replay.as_mut() {
+                Some(replay) => match replay.request().await {
+                    Some(again) => (again, response),
+                    None => return answer(counters, response),
+                },
+                None => return answer(counters, response),
+            },
+        };
+        match attempts.next() {
+            Some(next) => {
+                slot = next;
                 req = again;
-                last = Some((server, error));
             }
+            None => return answer(counters, last),
         }
     }
-    match last {
-        Some((server, error)) => fail(server.requests_for(&ctx.name), error),
-        None => fail(snap.unserved_for(&ctx.name), ProxyError::NoServer),
+}
+
+/// Counts `response` as sent to the client and returns it.
+fn answer(counters: Option<&CodeCounters>, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Some(counters) = counters {
+        counters.inc(response.status().as_u16());
     }
+    response
 }
 
 async fn attempt(
@@ -99,18 +170,17 @@ async fn attempt(
     snap: &Snapshot,
     slot: InFlight,
     mut req: Request<RequestBody>,
-    replay: Option<&Replay>,
+    mut replay: Option<&mut Replay>,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
 ) -> Attempt {
     let settings = &snap.settings;
     let server = Arc::clone(slot.server());
-    let counters = server.requests_for(&ctx.name);
     let addr = server.addr();
     let websocket = client_upgrade.is_some();
     let connect_failed = |e: pool::ConnectError, req| {
         warn!(upstream = %snap.name, server = %server.config.address, error = %e, "connect failed");
-        slot.record_failure();
-        Attempt::Retry(req, ProxyError::ConnectFailed)
+        slot.failed(e.failure());
+        Attempt::Unsent(req, ProxyError::ConnectFailed)
     };
     let pooled = if websocket {
         None
@@ -131,14 +201,26 @@ async fn attempt(
             tokio::time::timeout(settings.response_timeout, sender.try_send_request(req)).await;
         // A pooled connection the server was closing (the keep-alive race) gets one fresh
         // connection to the same server: when the request never left, or when it may be replayed.
-        let resend = match &mut sent {
-            Ok(Err(e)) if reused && e.message().is_some() => e.take_message(),
-            Ok(Err(e)) if reused && closed_before_response(e.error()) => {
-                replay.map(Replay::request)
-            }
+        let unsent = match &mut sent {
+            Ok(Err(e)) if reused => e.take_message(),
             _ => None,
         };
-        let Some(again) = resend else { break sent };
+        let raced = reused
+            && replay.is_some()
+            && matches!(&sent, Ok(Err(e)) if closed_before_response(e.error()));
+        let again = match (unsent, replay.as_mut()) {
+            (Some(req), _) => req,
+            (None, Some(replay)) if raced => {
+                // Let go of the old connection, so that it hands the teed body back.
+                drop(sent);
+                drop(sender);
+                match replay.request().await {
+                    Some(again) => again,
+                    None => return Attempt::Answered(ProxyError::BadResponse.response()),
+                }
+            }
+            _ => break sent,
+        };
         debug!(upstream = %snap.name, server = %server.config.address, "pooled connection closed under the request; resending on a fresh one");
         req = again;
         reused = false;
@@ -149,35 +231,56 @@ async fn attempt(
     };
     let mut response = match result {
         Ok(Ok(response)) => response,
+        Ok(Err(e)) if e.error().is_user() => {
+            // The client's side broke (its body stream failed): not the server's fault.
+            debug!(upstream = %snap.name, server = %server.config.address, error = %e.error(), "client request body failed");
+            return Attempt::Answered(ProxyError::BadResponse.response());
+        }
         Ok(Err(e)) => {
             let closed_early = closed_before_response(e.error());
             warn!(upstream = %snap.name, server = %server.config.address, error = %e.error(), reused, "bad response from server");
-            if !(closed_early && reused) {
-                // A reused connection closed under the request is the keep-alive race, not a fault.
-                slot.record_failure();
-            }
-            return match replay.filter(|_| closed_early) {
-                Some(replay) => Attempt::Retry(replay.request(), ProxyError::BadResponse),
-                None => Attempt::Answered(fail(counters, ProxyError::BadResponse)),
+            slot.failed(if closed_early {
+                Failure::Reset
+            } else {
+                Failure::BrokenResponse
+            });
+            let answer = ProxyError::BadResponse.response();
+            return if closed_early {
+                Attempt::Sent(answer)
+            } else {
+                Attempt::Answered(answer)
             };
         }
         Err(_) => {
             warn!(upstream = %snap.name, server = %server.config.address, timeout = ?settings.response_timeout, "response timed out");
-            slot.record_failure();
-            return Attempt::Answered(fail(counters, ProxyError::Timeout));
+            slot.failed(Failure::ResponseTimeout);
+            let answer = ProxyError::Timeout.response();
+            return if settings.retry_on.timeout {
+                Attempt::Sent(answer)
+            } else {
+                Attempt::Answered(answer)
+            };
         }
     };
     slot.record_response_time(started.elapsed());
-    if let Some(counters) = counters {
-        counters.inc(response.status().as_u16());
+    let status = response.status();
+    if status.is_server_error() {
+        slot.failed(Failure::ServerError(status.as_u16()));
+    } else {
+        slot.succeeded();
     }
-    let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     prepare_response(response.headers_mut(), websocket && upgraded);
     if let (true, Some(client_upgrade)) = (upgraded, client_upgrade.take()) {
         let server_upgrade = hyper::upgrade::on(&mut response);
         upgrade::tunnel(client_upgrade, server_upgrade, slot, ctx.tracker.guard());
         return Attempt::Answered(response.map(|_| ProxyBody::empty()));
     }
+    let retry_5xx = settings.retry_on.server_error
+        && matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        );
     let lease = Lease {
         sender,
         slot,
@@ -189,7 +292,12 @@ async fn attempt(
             settings.pool_max_idle_per_server
         },
     };
-    Attempt::Answered(response.map(|body| ProxyBody::relay(body, lease)))
+    let response = response.map(|body| ProxyBody::relay(body, lease));
+    if retry_5xx {
+        Attempt::Sent(response)
+    } else {
+        Attempt::Answered(response)
+    }
 }
 
 /// Whether the server closed or reset the connection without a (complete) response head.
@@ -211,4 +319,47 @@ fn closed_before_response(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rfc_9110_idempotent_methods_may_be_replayed() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PURGE", "LOCK"] {
+            assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_request_is_rebuilt_whole_and_more_than_once() {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = Method::DELETE;
+        *req.uri_mut() = "/item/7?x=1".parse().unwrap();
+        req.headers_mut().insert("x-id", "42".parse().unwrap());
+        let mut replay = Replay::prepare(&mut req).expect("DELETE may be replayed");
+        for _ in 0..2 {
+            let again = replay
+                .request()
+                .await
+                .expect("a bodiless request always comes back");
+            assert_eq!(again.method(), Method::DELETE);
+            assert_eq!(again.uri(), "/item/7?x=1");
+            assert_eq!(again.headers()["x-id"], "42");
+            assert!(again.body().is_end_stream());
+        }
+    }
+
+    #[test]
+    fn a_post_is_never_prepared_for_replay() {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = Method::POST;
+        assert!(Replay::prepare(&mut req).is_none());
+        *req.method_mut() = Method::PATCH;
+        assert!(Replay::prepare(&mut req).is_none());
+    }
 }

@@ -16,12 +16,44 @@ use std::time::Duration;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use crate::table::Failure;
 
-/// A connection able to carry one request to a server.
-pub type Sender = SendRequest<RequestBody>;
+/// A connection able to carry one request to a server: hyper's sender, and the task that drives
+/// the connection. Dropping it (rather than pooling it) aborts that task, so a connection given up
+/// mid-exchange (a client gone, a timeout, a retry elsewhere) is closed at once and the request
+/// body it held is released, instead of lingering until the server notices.
+pub struct Sender {
+    send: SendRequest<RequestBody>,
+    /// `None` for a connection that may be upgraded: hyper hands the socket over after a 101, and
+    /// the task must be left to finish that.
+    task: Option<AbortHandle>,
+}
+
+impl std::ops::Deref for Sender {
+    type Target = SendRequest<RequestBody>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
 
 struct Idle {
     sender: Sender,
@@ -44,6 +76,7 @@ pub enum ConnectError {
         source: io::Error,
     },
     /// The TCP connect did not finish within `connect_timeout`.
+
     #[error("connect to {addr} timed out after {timeout:?}")]
     Timeout {
         /// The server's address.
@@ -59,6 +92,16 @@ pub enum ConnectError {
         /// What hyper said.
         source: hyper::Error,
     },
+}
+
+impl ConnectError {
+    /// The outcome to record on the server.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ConnectError::Timeout { .. } => Failure::ConnectTimeout,
+            ConnectError::Io { .. } | ConnectError::Handshake { .. } => Failure::ConnectRefused,
+        }
+    }
 }
 
 /// Opens a TCP connection with TCP_NODELAY, bounded by `timeout`.
@@ -85,12 +128,13 @@ pub async fn connect(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
-    if upgrades {
+    let task = if upgrades {
         tokio::spawn(conn.with_upgrades());
+        None
     } else {
-        tokio::spawn(conn);
-    }
-    Ok(sender)
+        Some(tokio::spawn(conn).abort_handle())
+    };
+    Ok(Sender { send: sender, task })
 }
 
 /// An idle connection to `addr` from this worker's pool, ready for a request. A connection checked

@@ -7,19 +7,25 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::lifecycle::TrackerGuard;
-use crate::table::InFlight;
+use crate::table::{Failure, InFlight};
 
 /// Spawns the task that joins the two upgraded connections.
 pub fn tunnel(client: OnUpgrade, server: OnUpgrade, slot: InFlight, guard: TrackerGuard) {
     tokio::spawn(async move {
         let _guard = guard;
-        let (client, server) = match tokio::try_join!(client, server) {
-            Ok(pair) => pair,
+        let (client, server) = tokio::join!(client, server);
+        let server = match server {
+            Ok(server) => server,
             Err(e) => {
-                debug!(error = %e, "upgrade did not complete");
-                slot.record_failure();
+                debug!(error = %e, "the server's side of the upgrade did not complete");
+                slot.failed(Failure::BrokenResponse);
                 return;
             }
+        };
+        // A client that went away is not the server's failure: nothing is recorded.
+        let Ok(client) = client else {
+            debug!("the client's side of the upgrade did not complete");
+            return;
         };
         let mut client = TokioIo::new(client);
         let mut server = TokioIo::new(server);

@@ -1,0 +1,308 @@
+//! The one writer of an upstream's snapshots.
+//!
+//! A small task on the control runtime owns republishing. Its inbox takes events from the health
+//! checkers (one task per checked server, which it starts) and from workers (a server crossing the
+//! passive-ejection threshold); its own timers end ejections and step slow-start ramps. Each event
+//! changes the writer's record of a server ([`Life`]) and, when a server's standing or weight
+//! changed, the writer builds a whole new snapshot and swaps it once. Being the only writer, it
+//! never loses an update to a concurrent one, and workers never wait for it.
+//!
+//! Every change of a server's standing is one log line naming the upstream, the server, the old and
+//! new state and the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{build, standing, Failure, ServerState, Snapshot, Standing, Upstream};
+use crate::config::UpstreamConfig;
+use crate::health::check;
+use crate::health::ejection;
+use crate::health::rise_fall::CheckReport;
+use crate::health::slow_start;
+use crate::lifecycle::Shutdown;
+
+/// What the writer is told.
+pub enum Event {
+    /// An active check of a server ended.
+    Check {
+        /// The server checked.
+        state: Arc<ServerState>,
+        /// What the check saw.
+        report: CheckReport,
+    },
+    /// A worker saw a server reach `consecutive_failures` failures in a row.
+    Failing {
+        /// The failing server.
+        state: Arc<ServerState>,
+        /// The failure that reached the threshold.
+        last: Failure,
+    },
+}
+
+/// How often at most the writer says that `max_percent` kept a failing server in rotation.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Owns an upstream's snapshots after the first (see the module docs).
+pub struct Writer {
+    upstream: Arc<Upstream>,
+    config: UpstreamConfig,
+    listeners: Vec<Arc<str>>,
+    inbox: UnboundedReceiver<Event>,
+    last_cap_warning: Option<Instant>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        upstream: Arc<Upstream>,
+        config: UpstreamConfig,
+        listeners: &[Arc<str>],
+        inbox: UnboundedReceiver<Event>,
+    ) -> Self {
+        Writer {
+            upstream,
+            config,
+            listeners: listeners.to_vec(),
+            inbox,
+            last_cap_warning: None,
+        }
+    }
+
+    /// Starts the health checkers and serves events and timers until shutdown.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let checkers = self.spawn_checkers();
+        loop {
+            let deadline = self.next_deadline(Instant::now());
+            let timer = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = self.inbox.recv() => match event {
+                    Some(event) => self.handle(event, Instant::now()),
+                    None => break,
+                },
+                () = timer => self.on_timer(Instant::now()),
+                () = shutdown.wait() => break,
+            }
+        }
+        for checker in checkers {
+            checker.abort();
+        }
+    }
+
+    fn spawn_checkers(&self) -> Vec<JoinHandle<()>> {
+        let Some(check) = &self.config.health_check else {
+            return Vec::new();
+        };
+        let snap = self.upstream.load();
+        snap.servers
+            .iter()
+            .map(|server| {
+                let events = self.upstream.events().clone();
+                let state = Arc::clone(&server.state);
+                tokio::spawn(check::run(
+                    check.clone(),
+                    server.addr(),
+                    server.config.address.clone(),
+                    move |report| {
+                        let state = Arc::clone(&state);
+                        events.send(Event::Check { state, report }).is_ok()
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Applies one event at `now`, republishing if a server's standing changed.
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        let snap = self.upstream.load();
+        match event {
+            Event::Check { state, report } => {
+                let Some(check) = &self.config.health_check else {
+                    return;
+                };
+                let Some(server) = snap.servers.iter().find(|s| Arc::ptr_eq(&s.state, &state))
+                else {
+                    return;
+                };
+                let counter = if report.ok {
+                    &state.metrics.checks_ok
+                } else {
+                    &state.metrics.checks_fail
+                };
+                counter.increment(1);
+                let change = state
+                    .life()
+                    .health
+                    .as_mut()
+                    .and_then(|h| h.record(report, check.rise, check.fall));
+                if let Some(change) = change {
+                    let address = server.config.address.clone();
+                    self.publish(&snap, now, &[(address, change.reason)]);
+                }
+            }
+            Event::Failing { state, last } => self.on_failing(&snap, &state, last, now),
+        }
+    }
+
+    fn on_failing(
+        &mut self,
+        snap: &Snapshot,
+        state: &Arc<ServerState>,
+        last: Failure,
+        now: Instant,
+    ) {
+        let threshold = self.config.ejection.consecutive_failures;
+        let Some(server) = snap.servers.iter().find(|s| Arc::ptr_eq(&s.state, state)) else {
+            return;
+        };
+        // One server is never ejected; a server out of rotation already, or one that has
+        // succeeded since the event was sent, is not ejected either.
+        if threshold == 0
+            || snap.servers.len() == 1
+            || server.standing != Standing::Up
+            || state.consecutive_failures() < threshold
+        {
+            return;
+        }
+        if !server.config.backup {
+            let primaries = snap
+                .servers
+                .iter()
+                .filter(|s| !s.config.backup && !s.config.down);
+            let (count, ejected) = primaries.fold((0, 0), |(n, e), s| {
+                (n + 1, e + usize::from(s.standing == Standing::Ejected))
+            });
+            let cap = ejection::cap(count, self.config.ejection.max_percent);
+            if ejected >= cap {
+                state.reset_consecutive_failures();
+                let quiet = self
+                    .last_cap_warning
+                    .is_some_and(|at| now.saturating_duration_since(at) < CAP_WARNING_EVERY);
+                if !quiet {
+                    self.last_cap_warning = Some(now);
+                    warn!(upstream = %self.config.name, server = %server.config.address, ejected, cap, "not ejected: max_percent of the primaries are ejected already");
+                }
+                return;
+            }
+        }
+        let length = state.life().ejection.eject(now, &self.config.ejection);
+        state.reset_consecutive_failures();
+        state.metrics.ejections.increment(1);
+        let reason = format!(
+            "{threshold} consecutive failures (last: {last}); ejected for {}",
+            humantime::format_duration(length)
+        );
+        self.publish(snap, now, &[(server.config.address.clone(), reason)]);
+    }
+
+    /// Replaces the upstream's configuration (reload's way in): servers that stay keep their live
+    /// state, new ones start fresh, and the snapshot is republished at once.
+    pub fn reconfigure(&mut self, config: UpstreamConfig, now: Instant) {
+        self.config = config;
+        let snap = self.upstream.load();
+        self.publish(&snap, now, &[]);
+    }
+
+    /// Ends ejections and steps ramps whose time has come.
+    pub fn on_timer(&mut self, now: Instant) {
+        let snap = self.upstream.load();
+        let mut reasons = Vec::new();
+        let mut changed = false;
+        for server in &snap.servers {
+            let mut life = server.state.life();
+            if life.ejection.expire(now) {
+                server.state.reset_consecutive_failures();
+                reasons.push((server.config.address.clone(), "ejection ended".to_string()));
+                changed = true;
+            }
+            if let Some(since) = life.ramp_since {
+                let tenths = slow_start::tenths(since, now, self.config.slow_start);
+                if tenths >= slow_start::STEPS {
+                    life.ramp_since = None;
+                }
+                changed |= tenths != server.tenths;
+            }
+        }
+        if changed {
+            self.publish(&snap, now, &reasons);
+        }
+    }
+
+    /// Handles every event already in the inbox at `now`; returns how many there were.
+    #[cfg(test)]
+    pub(super) fn drain(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Ok(event) = self.inbox.try_recv() {
+            self.handle(event, now);
+            n += 1;
+        }
+        n
+    }
+
+    /// The earliest ejection end or ramp step after `now`.
+    pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let snap = self.upstream.load();
+        snap.servers
+            .iter()
+            .filter_map(|s| {
+                let life = s.state.life();
+                let ramp = life
+                    .ramp_since
+                    .and_then(|since| slow_start::next_step(since, now, self.config.slow_start));
+                [life.ejection.until(), ramp].into_iter().flatten().min()
+            })
+            .min()
+    }
+
+    /// Builds and swaps a snapshot for the writer's current record, starting the slow-start ramp
+    /// of servers that re-enter service and logging every change of standing with its reason.
+    fn publish(&self, old: &Snapshot, now: Instant, reasons: &[(String, String)]) {
+        for server in &old.servers {
+            let mut life = server.state.life();
+            let next = standing(server.config.down, &life);
+            let returns = next == Standing::Up
+                && matches!(server.standing, Standing::Down | Standing::Ejected);
+            if returns && !self.config.slow_start.is_zero() {
+                life.ramp_since = Some(now);
+            }
+        }
+        let next = build(
+            &self.config,
+            &self.listeners,
+            Some(old),
+            self.upstream.events(),
+            Arc::clone(&old.budget),
+            now,
+        );
+        for server in &next.servers {
+            let before = old
+                .servers
+                .iter()
+                .find(|s| Arc::ptr_eq(&s.state, &server.state))
+                .map(|s| s.standing);
+            if before == Some(server.standing) {
+                continue;
+            }
+            let reason = reasons
+                .iter()
+                .find(|(address, _)| *address == server.config.address)
+                .map_or("", |(_, r)| r.as_str());
+            let from = before.map_or("new", Standing::as_str);
+            let to = server.standing.as_str();
+            if server.standing == Standing::Up {
+                info!(upstream = %self.config.name, server = %server.config.address, from, to, reason, "server state changed");
+            } else {
+                warn!(upstream = %self.config.name, server = %server.config.address, from, to, reason, "server state changed");
+            }
+        }
+        self.upstream.store(next);
+    }
+}
