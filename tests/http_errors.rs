@@ -175,14 +175,17 @@ async fn get_closed_before_response_is_retried_on_another_server() {
         "GET outcomes: {codes:?}; dead server saw {} request(s)",
         dead.requests()
     );
-    assert!(
-        dead.requests() >= 1,
-        "round robin never picked the dead server first"
-    );
     assert_eq!(
         codes,
         vec![200; 10],
         "GETs the dead server dropped were not retried"
+    );
+    // Round robin over [dead, live]: GETs 0, 2, 4, 6, 8 try the dead server first, once each (it
+    // is never tried twice for one request), then the live one.
+    assert_eq!(
+        dead.requests(),
+        5,
+        "the dead server should see exactly the 5 GETs round robin gave it first"
     );
     assert_eq!(live.requests(), 10);
 }
@@ -204,19 +207,19 @@ async fn post_is_never_sent_to_a_second_server() {
         codes.push(r.status.as_u16());
     }
     println!("POST outcomes: {codes:?}");
+    // Round robin over [dead, live]: POSTs 0, 2, 4, 6, 8 go to the dead server and become 502s;
+    // 1, 3, 5, 7, 9 go to the live one.
+    let expected: Vec<u16> = (0..10)
+        .map(|i| if i % 2 == 0 { 502 } else { 200 })
+        .collect();
     assert_eq!(
-        dead.requests() + live.requests(),
-        10,
+        codes, expected,
+        "every POST the dead server took becomes a 502, the others reach the live server"
+    );
+    assert_eq!(
+        (dead.requests(), live.requests()),
+        (5, 5),
         "each POST reaches exactly one server"
-    );
-    assert_eq!(
-        codes.iter().filter(|c| **c == 502).count(),
-        dead.requests(),
-        "every POST the dead server took becomes a 502"
-    );
-    assert!(
-        codes.contains(&502),
-        "round robin never picked the dead server for a POST"
     );
 }
 
@@ -238,20 +241,128 @@ servers = [ { address = "${R1}" }, { address = "${R2}" }, { address = "${R3}" },
         .var("LIVE", live.addr())
         .start()
         .await;
-    let (mut ok, mut bad) = (0, 0);
+    let mut codes = Vec::new();
     for _ in 0..20 {
         let r = get_once(d.addr("web"), "/").await;
         match r.status.as_u16() {
-            200 => ok += 1,
-            502 => bad += 1,
+            200 => assert_eq!(r.backend(), "live"),
+            502 => assert_own_error(&r, 502),
             other => panic!("unexpected {other}: {r:?}"),
         }
+        codes.push(r.status.as_u16());
     }
-    println!("retries = 1 over 3 refused + 1 live: {ok} x 200, {bad} x 502");
-    assert!(ok > 0, "the live server was never reached");
-    assert!(
-        bad > 0,
-        "two attempts per request cannot always reach the one live server of four"
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    println!("retries = 1 over 3 refused + 1 live: {codes:?}");
+    // Round robin over [R1, R2, R3, LIVE]: the first candidate follows the cycle, the one retry
+    // takes the next server in tier order. Per cycle of four requests: R1 then R2 (502), R2 then
+    // R3 (502), R3 then LIVE (200), LIVE (200). A third attempt would turn the second into a 200.
+    let expected: Vec<u16> = (0..20).map(|i| if i % 4 < 2 { 502 } else { 200 }).collect();
+    assert_eq!(
+        codes, expected,
+        "retries = 1 must give exactly two attempts per request, in round-robin order"
     );
-    assert_eq!(live.requests(), ok);
+    assert_eq!((ok, live.requests()), (10, 10));
+}
+
+/// A daemon over one server that resets every connection after reading the request (head, and
+/// the body bytes sent with it), and one live server, with `retries = 1`.
+async fn reset_daemon() -> (HttpBackend, HttpBackend, Daemon) {
+    let reset = HttpBackend::start("reset", Behaviour::Reset).await;
+    let live = HttpBackend::start("live", Behaviour::EchoRequest).await;
+    let config = format!(
+        "{WEB}{}",
+        r#"
+[upstreams.app]
+retries = 1
+servers = [ { address = "${RESET}" }, { address = "${LIVE}" } ]
+"#
+    );
+    let d = Daemon::builder(&config)
+        .var("RESET", reset.addr())
+        .var("LIVE", live.addr())
+        .start()
+        .await;
+    (reset, live, d)
+}
+
+/// Sends `req` on a new client connection; returns the status, and the method the live server
+/// saw when it answered.
+async fn outcome(web: std::net::SocketAddr, req: http::Request<client::ReqBody>) -> (u16, String) {
+    let what = format!("{} {}", req.method(), req.uri());
+    let r = client::send_once(web, req).await;
+    match r.status.as_u16() {
+        200 => {
+            assert_eq!(r.backend(), "live", "{what}");
+            (200, r.json()["method"].as_str().unwrap_or("?").to_string())
+        }
+        502 => {
+            assert_own_error(&r, 502);
+            (502, String::new())
+        }
+        other => panic!("{what}: unexpected {other}: {r:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_post_reset_by_the_server_is_never_replayed() {
+    let (reset, live, d) = reset_daemon().await;
+    let web = d.addr("web");
+    // Round robin over [reset, live]: requests 0, 2, 4 go to the reset server first, 1, 3 to the
+    // live one. A bodiless PUT is idempotent and is replayed on the live server; a bodiless POST
+    // is not idempotent: its head was written, so it is never sent to a second server.
+    let post = || client::request(Method::POST, web, "/", client::empty());
+    let put = || client::request(Method::PUT, web, "/", client::empty());
+    let get = || client::get(web, "/");
+    let mut seen = Vec::new();
+    for req in [post(), get(), put(), get(), post()] {
+        seen.push(outcome(web, req).await);
+    }
+    println!("[reset, live] outcomes: {seen:?}");
+    let seen: Vec<(u16, &str)> = seen.iter().map(|(c, m)| (*c, m.as_str())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (502, ""),
+            (200, "GET"),
+            (200, "PUT"),
+            (200, "GET"),
+            (502, "")
+        ],
+        "a bodiless POST the server reset must give 502 (the bodiless PUT is the replayed control)"
+    );
+    assert_eq!(
+        reset.requests(),
+        3,
+        "POST, PUT, POST each reached the reset server once"
+    );
+    assert_eq!(
+        live.requests(),
+        3,
+        "the live server saw the GETs and the replayed PUT, never a POST"
+    );
+}
+
+/// Current behaviour, not the final one: CONTRACT.md "Retries" lets an idempotent request whose body
+/// fits a 64 KiB replay buffer be replayed, but the code replays only bodiless requests, so a PUT
+/// with a body that the server reset gives 502. Update this test when the replay buffer lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_with_body_reset_by_the_server_is_not_replayed_yet() {
+    let (reset, live, d) = reset_daemon().await;
+    let web = d.addr("web");
+    let put = |i: usize| client::request(Method::PUT, web, "/", client::full(format!("put {i}")));
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        // Even requests go to the reset server first, odd ones to the live one.
+        seen.push(outcome(web, put(i)).await);
+        seen.push(outcome(web, client::get(web, "/")).await);
+    }
+    println!("[reset, live] outcomes: {seen:?}");
+    let seen: Vec<(u16, &str)> = seen.iter().map(|(c, m)| (*c, m.as_str())).collect();
+    assert_eq!(
+        seen,
+        [(502, ""), (200, "GET")].repeat(3),
+        "a PUT with a body the server reset gives 502 (not replayed, for now)"
+    );
+    assert_eq!(reset.requests(), 3);
+    assert_eq!(live.requests(), 3, "the live server never saw a PUT");
 }

@@ -12,6 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// How soon after its last in-flight work ends a draining daemon must exit. The tests that use it set
+/// `shutdown_timeout` far above it, so an exit at the timeout (a drain nobody woke) fails them.
+const EXIT_AFTER_LAST_WORK: Duration = Duration::from_secs(5);
+
+/// Waits for `d` to exit after its last in-flight work ended at `ended`; asserts exit 0 within
+/// [`EXIT_AFTER_LAST_WORK`].
+async fn exits_soon_after(d: &mut Daemon, ended: Instant, what: &str) {
+    let status = d.wait_exit(EXIT_AFTER_LAST_WORK).await;
+    let took = ended.elapsed();
+    println!("exited {status:?} {took:?} after {what} (shutdown_timeout 60 s)");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "expected exit 0 within {EXIT_AFTER_LAST_WORK:?} of {what}, well before shutdown_timeout \
+         (60 s); got {status:?} after {took:?}"
+    );
+}
+
 /// Polls new connects to `addr` until one is refused; returns how long that took.
 async fn refused_within(addr: std::net::SocketAddr, timeout: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -30,7 +47,7 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     let config = r#"
 [runtime]
 worker_threads = 2
-shutdown_timeout = "5s"
+shutdown_timeout = "60s"
 
 [listeners.web]
 bind = "127.0.0.1:0"
@@ -72,6 +89,7 @@ servers = [ { address = "${A}" } ]
     );
 
     let r = in_flight.await.expect("client task");
+    let answered = Instant::now();
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.text(), "slow");
     assert!(
@@ -80,11 +98,7 @@ servers = [ { address = "${A}" } ]
         "in-flight responses during shutdown carry Connection: close: {r:?}"
     );
 
-    let status = d.wait_exit(Duration::from_secs(10)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "expected exit 0 within 10 s, got {status:?}"
-    );
+    exits_soon_after(&mut d, answered, "the in-flight response").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +183,7 @@ async fn sigterm_waits_for_tcp_sessions() {
     let config = r#"
 [runtime]
 worker_threads = 2
-shutdown_timeout = "10s"
+shutdown_timeout = "60s"
 
 [listeners.l4]
 bind = "127.0.0.1:0"
@@ -204,8 +218,7 @@ servers = [ { address = "${A}" } ]
     assert!(d.try_exit().is_none(), "exited with an L4 session open");
 
     drop(s);
-    let status = d.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.is_some_and(|s| s.success()), "got {status:?}");
+    exits_soon_after(&mut d, Instant::now(), "the L4 session closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +227,7 @@ async fn sigterm_waits_for_websocket_tunnels() {
     let config = r#"
 [runtime]
 worker_threads = 2
-shutdown_timeout = "10s"
+shutdown_timeout = "60s"
 
 [listeners.web]
 bind = "127.0.0.1:0"
@@ -242,8 +255,7 @@ servers = [ { address = "${A}" } ]
     );
 
     drop(tunnel);
-    let status = d.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.is_some_and(|s| s.success()), "got {status:?}");
+    exits_soon_after(&mut d, Instant::now(), "the WebSocket tunnel closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,28 @@
-//! Real backends on `127.0.0.1:0`: an HTTP/1.1 server (hyper) with a chosen behaviour, and a TCP
-//! echo server. Each counts accepted connections and requests, and stops (closing its listener and
-//! every connection) on `stop()` or drop.
+//! Real backends on `127.0.0.1:0` (or an address of the test's choosing): an HTTP/1.1 server
+//! (hyper) with a chosen behaviour, and a TCP echo server.
+//!
+//! [`HttpBackend`]:
+//! - answers every request by its current [`Behaviour`], read when the request head arrives, so
+//!   [`HttpBackend::set_behaviour`] takes effect from the next request on, on keep-alive connections
+//!   too;
+//! - answers `GET /healthz` (any request whose path is exactly `/healthz`) separately: 200 `ok` by
+//!   default, another status after [`HttpBackend::set_health`], or a [`Behaviour`] after
+//!   [`HttpBackend::set_health_behaviour`]. Those requests count in [`HttpBackend::checks`], never in
+//!   [`HttpBackend::requests`];
+//! - counts accepted connections, requests, health checks and closed connections;
+//! - stops on [`HttpBackend::stop`], [`HttpBackend::kill`] or drop: the listener and every open
+//!   connection (keep-alive, hanging and upgraded ones included) are closed at once;
+//! - can be started on a given address ([`HttpBackend::start_on`]), e.g. to bring a killed backend
+//!   back on the same port.
+//!
+//! [`TcpEchoBackend`] counts accepted connections and stops the same way.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,16 +35,26 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
 
-use super::{pattern, Fnv};
+use super::{pattern, Fnv, POLL};
 
 pub type RespBody = BoxBody<Bytes, Infallible>;
 
 /// The `Sec-WebSocket-Key` of RFC 6455 §1.3 and its accept value.
 pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// The path an [`HttpBackend`] treats as a health check.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// How long [`Behaviour::Reset`] waits for more request body bytes before resetting.
+const RESET_READ_GRACE: Duration = Duration::from_millis(20);
+
+/// How long [`HttpBackend::start_on`] retries binding an address that is still in use.
+const REBIND_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What an [`HttpBackend`] answers. Every answer except the WebSocket one carries
 /// `x-backend: NAME`.
@@ -55,83 +81,110 @@ pub enum Behaviour {
     /// Waits for a permit of this semaphore (taken for good) after the head arrives, then answers
     /// like `Identity`: the test decides when requests complete.
     Gated(Arc<Semaphore>),
-    /// Not HTTP at all: reads a request head, then closes the connection without a byte of
-    /// response (a server that died mid-request).
+    /// A server that died mid-request: reads the request head (not the body), then closes the
+    /// connection (FIN) without a byte of response.
     HangUp,
+    /// A server that is stuck: reads the request head (not the body), then never answers and keeps
+    /// the connection open until the backend stops.
+    Hang,
+    /// A server that aborts: reads the request head and whatever body bytes arrive without a pause
+    /// (20 ms), then resets the connection (TCP RST, SO_LINGER 0) without a byte of response.
+    Reset,
 }
 
 #[derive(Debug, Default)]
 pub struct Counters {
     pub accepts: AtomicUsize,
+    /// Requests read, health checks (`/healthz`) excepted.
     pub requests: AtomicUsize,
+    /// Health-check requests (`/healthz`) read.
+    pub checks: AtomicUsize,
     /// Connections that have ended (closed by either side).
     pub closed: AtomicUsize,
 }
 
+/// How an [`HttpBackend`] answers `/healthz`.
+#[derive(Clone, Debug)]
+enum Health {
+    /// This status, body `ok`.
+    Status(u16),
+    /// Like a client request with this behaviour (but counted as a check).
+    Follow(Behaviour),
+}
+
+/// What a request handler asks its connection to do instead of answering.
+#[derive(Clone, Copy, Debug)]
+enum Abort {
+    /// Close the connection (FIN).
+    Close,
+    /// Reset the connection (RST).
+    Reset,
+}
+
+/// State shared by a backend's handle, its accept loop, its connections and their requests.
+struct Shared {
+    name: String,
+    behaviour: Mutex<Behaviour>,
+    health: Mutex<Health>,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Resolves once the backend is stopped (at once if it already is).
+    async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+}
+
 /// An HTTP/1.1 backend (keep-alive on, upgrades on).
 pub struct HttpBackend {
-    name: String,
     addr: SocketAddr,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
 }
 
 impl HttpBackend {
+    /// A backend on a free port of 127.0.0.1.
     pub async fn start(name: &str, behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), name, behaviour).await
+    }
+
+    /// A backend on `addr` (bound with SO_REUSEADDR, so a port whose old connections are in
+    /// TIME_WAIT can be taken again; a port still in use is retried for up to 2 s).
+    pub async fn start_on(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Self {
+        let listener = bind_reusable(addr).await;
         let addr = listener.local_addr().expect("backend addr");
-        let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
-        let name = name.to_string();
-        let (n, c) = (name.clone(), counters.clone());
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            behaviour: Mutex::new(behaviour),
+            health: Mutex::new(Health::Status(200)),
+            counters: Arc::new(Counters::default()),
+            stop: stop_rx,
+        });
+        let s = shared.clone();
         tokio::spawn(async move {
-            let mut stop_rx = stop_rx;
             loop {
                 let stream = tokio::select! {
-                    _ = stop_rx.changed() => break,
+                    _ = s.stopped() => break,
                     r = listener.accept() => match r {
-                        Ok((s, _)) => s,
+                        Ok((stream, _)) => stream,
                         Err(_) => continue,
                     },
                 };
-                c.accepts.fetch_add(1, Ordering::SeqCst);
+                s.counters.accepts.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
-                let (n, c, b, mut stop_rx) =
-                    (n.clone(), c.clone(), behaviour.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    let counters = c.clone();
-                    if let Behaviour::HangUp = b {
-                        tokio::select! {
-                            _ = hang_up(stream, &c) => {}
-                            _ = stop_rx.changed() => {}
-                        }
-                    } else {
-                        let svc =
-                            service_fn(move |req| handle(req, n.clone(), b.clone(), c.clone()));
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades();
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = stop_rx.changed() => {}
-                        }
-                    }
-                    counters.closed.fetch_add(1, Ordering::SeqCst);
-                });
+                tokio::spawn(serve_connection(stream, s.clone()));
             }
+            // The listener is dropped (closed) here.
         });
-        HttpBackend {
-            name,
-            addr,
-            counters,
-            stop,
-        }
+        HttpBackend { addr, shared, stop }
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -139,21 +192,50 @@ impl HttpBackend {
     }
 
     pub fn accepts(&self) -> usize {
-        self.counters.accepts.load(Ordering::SeqCst)
+        self.shared.counters.accepts.load(Ordering::SeqCst)
     }
 
+    /// Requests read, health checks excepted.
     pub fn requests(&self) -> usize {
-        self.counters.requests.load(Ordering::SeqCst)
+        self.shared.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Health-check requests (path exactly `/healthz`) read.
+    pub fn checks(&self) -> usize {
+        self.shared.counters.checks.load(Ordering::SeqCst)
     }
 
     /// Connections that have ended.
     pub fn closed(&self) -> usize {
-        self.counters.closed.load(Ordering::SeqCst)
+        self.shared.counters.closed.load(Ordering::SeqCst)
     }
 
-    /// Closes the listener and every open connection (upgraded tunnels excepted).
+    /// Answers every request whose head arrives from now on with `b` (keep-alive connections
+    /// included). Health checks are not affected.
+    pub fn set_behaviour(&self, b: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = b;
+    }
+
+    /// Answers `/healthz` from now on with `status` (body `ok`). The default is 200.
+    pub fn set_health(&self, status: u16) {
+        StatusCode::from_u16(status).expect("health status");
+        *self.shared.health.lock().unwrap() = Health::Status(status);
+    }
+
+    /// Answers `/healthz` from now on like a client request with behaviour `b` (e.g. `Hang` or
+    /// `Reset`); still counted in [`checks`](Self::checks), not in [`requests`](Self::requests).
+    pub fn set_health_behaviour(&self, b: Behaviour) {
+        *self.shared.health.lock().unwrap() = Health::Follow(b);
+    }
+
+    /// Closes the listener and every open connection at once (new connects are refused).
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// The backend dies: the same as [`stop`](Self::stop).
+    pub fn kill(&self) {
+        self.stop();
     }
 }
 
@@ -161,6 +243,62 @@ impl Drop for HttpBackend {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A listening socket on `addr` with SO_REUSEADDR, retrying for [`REBIND_PATIENCE`] while the
+/// address is in use.
+async fn bind_reusable(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + REBIND_PATIENCE;
+    loop {
+        let bound = (|| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)
+        })();
+        match bound {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => panic!("bind backend on {addr}: {e}"),
+        }
+    }
+}
+
+/// Serves one connection until it ends, the backend stops, or a request asks for it to be closed
+/// or reset.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    // A second descriptor of the same socket, to set SO_LINGER on while hyper owns the stream. The
+    // socket closes when both are dropped.
+    let control = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from);
+    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel();
+    let s = shared.clone();
+    let svc = service_fn(move |req| handle(req, s.clone(), abort_tx.clone()));
+    let mut conn = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades(),
+    );
+    let abort = tokio::select! {
+        _ = &mut conn => None,
+        _ = shared.stopped() => None,
+        Some(abort) = abort_rx.recv() => Some(abort),
+    };
+    if let (Some(Abort::Reset), Some(control)) = (abort, &control) {
+        let _ = control.set_linger(Some(Duration::ZERO));
+    }
+    drop(conn);
+    drop(control);
+    shared.counters.closed.fetch_add(1, Ordering::SeqCst);
 }
 
 fn full(body: impl Into<Bytes>) -> RespBody {
@@ -175,15 +313,48 @@ fn reply(status: u16, name: &str, body: impl Into<Bytes>) -> Response<RespBody> 
     resp
 }
 
+/// Counts the request (as a request or a health check) and answers it by the behaviour in force.
 async fn handle(
-    mut req: Request<Incoming>,
-    name: String,
-    behaviour: Behaviour,
-    counters: Arc<Counters>,
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    abort: mpsc::UnboundedSender<Abort>,
 ) -> Result<Response<RespBody>, Infallible> {
-    counters.requests.fetch_add(1, Ordering::SeqCst);
-    if let Behaviour::WebSocketEcho = behaviour {
-        return Ok(websocket(&mut req));
+    let behaviour = if req.uri().path() == HEALTH_PATH {
+        shared.counters.checks.fetch_add(1, Ordering::SeqCst);
+        let health = shared.health.lock().unwrap().clone();
+        match health {
+            Health::Status(code) => return Ok(reply(code, &shared.name, "ok")),
+            Health::Follow(b) => b,
+        }
+    } else {
+        shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+        shared.behaviour.lock().unwrap().clone()
+    };
+    respond(req, &shared, behaviour, abort).await
+}
+
+async fn respond(
+    mut req: Request<Incoming>,
+    shared: &Shared,
+    behaviour: Behaviour,
+    abort: mpsc::UnboundedSender<Abort>,
+) -> Result<Response<RespBody>, Infallible> {
+    let name = shared.name.clone();
+    match behaviour {
+        Behaviour::WebSocketEcho => return Ok(websocket(&mut req, shared.stop.clone())),
+        Behaviour::Hang => return std::future::pending().await,
+        Behaviour::HangUp => {
+            let _ = abort.send(Abort::Close);
+            return std::future::pending().await;
+        }
+        Behaviour::Reset => {
+            let mut body = req.into_body();
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(RESET_READ_GRACE, body.frame()).await {
+            }
+            let _ = abort.send(Abort::Reset);
+            return std::future::pending().await;
+        }
+        _ => {}
     }
     let (parts, mut body) = req.into_parts();
     // Read the whole request body as it streams, hashing it.
@@ -262,27 +433,16 @@ async fn handle(
             }
             r
         }
-        Behaviour::WebSocketEcho | Behaviour::HangUp => unreachable!(),
+        Behaviour::WebSocketEcho | Behaviour::Hang | Behaviour::HangUp | Behaviour::Reset => {
+            unreachable!()
+        }
     };
     Ok(resp)
 }
 
-/// Reads one request head, counts it, and returns (closing the connection) without answering.
-async fn hang_up(mut stream: TcpStream, counters: &Counters) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    counters.requests.fetch_add(1, Ordering::SeqCst);
-}
-
-/// 101 and a raw echo on the upgraded connection, when the request is a WebSocket upgrade with
-/// the RFC 6455 sample key; 400 otherwise.
-fn websocket(req: &mut Request<Incoming>) -> Response<RespBody> {
+/// 101 and a raw echo on the upgraded connection (until it ends or the backend stops), when the
+/// request is a WebSocket upgrade with the RFC 6455 sample key; 400 otherwise.
+fn websocket(req: &mut Request<Incoming>, mut stop: watch::Receiver<bool>) -> Response<RespBody> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -311,8 +471,13 @@ fn websocket(req: &mut Request<Incoming>) -> Response<RespBody> {
             return;
         };
         let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
+        tokio::select! {
+            _ = async {
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            } => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -401,7 +566,7 @@ impl TcpEchoBackend {
             let mut stop_rx = stop_rx;
             loop {
                 let stream = tokio::select! {
-                    _ = stop_rx.changed() => break,
+                    _ = stop_rx.wait_for(|stopped| *stopped) => break,
                     r = listener.accept() => match r {
                         Ok((s, _)) => s,
                         Err(_) => continue,
@@ -412,7 +577,7 @@ impl TcpEchoBackend {
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = echo(stream, mode) => {}
-                        _ = stop_rx.changed() => {}
+                        _ = stop_rx.wait_for(|stopped| *stopped) => {}
                     }
                 });
             }

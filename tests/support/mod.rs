@@ -1,5 +1,7 @@
 //! Shared harness for the end-to-end tests: the real `fulcrum` binary on a temporary config
-//! ([`daemon`]), real backends bound to `127.0.0.1:0` ([`backend`]) and real clients ([`client`]).
+//! ([`daemon`]), real backends bound to `127.0.0.1:0` or a chosen address ([`backend`]: behaviours
+//! switchable at runtime, `/healthz` answered and counted apart, `kill` and `start_on` to take a
+//! server down and bring it back), misbehaving raw servers ([`raw`]) and real clients ([`client`]).
 //!
 //! Every test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
@@ -9,7 +11,7 @@ pub mod client;
 pub mod daemon;
 pub mod raw;
 
-pub use backend::{Behaviour, EchoMode, HttpBackend, TcpEchoBackend};
+pub use backend::{Behaviour, EchoMode, HttpBackend, TcpEchoBackend, HEALTH_PATH};
 pub use client::{H1Client, H2Client, Reply};
 pub use daemon::Daemon;
 
