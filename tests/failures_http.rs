@@ -235,6 +235,9 @@ async fn garbage_response_gives_502_and_is_not_retried() {
 [upstreams.app]
 retries = 1
 servers = [ { address = "${GARBAGE}" }, { address = "${LIVE}" } ]
+# Failing servers stay in rotation: this test is about retries, not ejection.
+[upstreams.app.ejection]
+consecutive_failures = 0
 "#
     );
     let d = Daemon::builder(&config)
@@ -403,6 +406,9 @@ async fn server_dying_mid_run_is_routed_around() {
 connect_timeout = "1s"
 retries = 1
 servers = [ { address = "${A}" }, { address = "${B}" } ]
+# Failing servers stay in rotation: this test is about retries, not ejection.
+[upstreams.app.ejection]
+consecutive_failures = 0
 "#
     );
     let d = Daemon::builder(&config)
