@@ -6,6 +6,7 @@
 //! Every test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod daemon;
