@@ -151,20 +151,33 @@ fn page(status: &Value) -> String {
     ));
     for upstream in status["upstreams"].as_array().into_iter().flatten() {
         html.push_str(&format!(
-            "<h2>{} <small>({})</small></h2><table><tr><th>server<th>weight<th>backup<th>state<th>in flight<th>requests<th>failures</tr>",
+            "<h2>{} <small>({})</small></h2><table><tr><th>server<th>weight<th>effective<th>backup<th>state<th>in flight<th>requests<th>failures<th>last check</tr>",
             escape(upstream["name"].as_str().unwrap_or("")),
             escape(upstream["strategy"].as_str().unwrap_or("")),
         ));
         for s in upstream["servers"].as_array().into_iter().flatten() {
+            let check = &s["last_check"];
+            let last_check = if check.is_null() {
+                String::from("-")
+            } else {
+                format!(
+                    "{} {} at {}",
+                    if check["ok"] == true { "ok" } else { "failed" },
+                    escape(check["detail"].as_str().unwrap_or("")),
+                    escape(check["at"].as_str().unwrap_or("")),
+                )
+            };
             html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
+                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
                 escape(s["address"].as_str().unwrap_or("")),
                 s["weight"],
+                s["effective_weight"],
                 s["backup"],
                 escape(s["state"].as_str().unwrap_or("")),
                 s["in_flight"],
                 s["requests"],
                 s["failures"],
+                last_check,
             ));
         }
         html.push_str("</table>");
