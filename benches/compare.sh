@@ -6,6 +6,10 @@
 #
 #   benches/compare.sh [ROUNDS=3] [SECONDS=5] [CONNECTIONS=50]
 #
+# FULCRUM=path picks the fulcrum binary; BASELINE=path adds a second fulcrum build (e.g. the commit
+# before a change, built into another target dir) as target "baseline", measured in the same
+# alternating rounds, so a before/after comparison shares one run's noise.
+#
 # Needs wrk, haproxy and nginx (apt-get install wrk haproxy nginx) and a release build of fulcrum
 # (cargo build --release). Stops everything it started, by PID.
 set -euo pipefail
@@ -15,6 +19,7 @@ conns=${3:-50}
 workers=${WORKERS:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 fulcrum=${FULCRUM:-$root/target/release/fulcrum}
+baseline=${BASELINE:-}
 for tool in wrk haproxy nginx; do
   command -v "$tool" >/dev/null || { echo "compare.sh needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
@@ -29,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports: backends 18101-18103, fulcrum 18080, haproxy 18081, nginx 18082.
+# Ports: backends 18101-18103, fulcrum 18080, haproxy 18081, nginx 18082, baseline 18083.
 cat >"$dir/backends.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -93,6 +98,10 @@ CONF
 
 nginx -c "$dir/backends.conf" -e "$dir/backends.err" & pids+=($!)
 "$fulcrum" run -c "$dir/fulcrum.toml" 2>"$dir/fulcrum.log" & pids+=($!)
+if [ -n "$baseline" ]; then
+  sed 's/127.0.0.1:18080/127.0.0.1:18083/' "$dir/fulcrum.toml" >"$dir/baseline.toml"
+  "$baseline" run -c "$dir/baseline.toml" 2>"$dir/baseline.log" & pids+=($!)
+fi
 haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 & pids+=($!)
 nginx -c "$dir/nginx.conf" -e "$dir/nginx.err" & pids+=($!)
 
@@ -105,8 +114,12 @@ wait_port() {
 }
 for port in 18101 18102 18103 18080 18081 18082; do wait_port "$port"; done
 
-declare -A port=([direct]=18101 [fulcrum]=18080 [haproxy]=18081 [nginx]=18082)
+declare -A port=([direct]=18101 [fulcrum]=18080 [haproxy]=18081 [nginx]=18082 [baseline]=18083)
 targets=(direct fulcrum haproxy nginx)
+if [ -n "$baseline" ]; then
+  wait_port 18083
+  targets=(direct baseline fulcrum haproxy nginx)
+fi
 declare -A results
 for round in $(seq "$rounds"); do
   for t in "${targets[@]}"; do

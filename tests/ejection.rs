@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::admin::{metrics_text, sample, server_status, wait_for_state};
-use support::client::{self, assert_own_error, get_once, H1Client};
-use support::{Behaviour, Daemon, HttpBackend};
+use support::client::{self, assert_own_error, echo_roundtrip, get_once, H1Client};
+use support::raw::{Closing, ClosingTcpBackend};
+use support::{within, Behaviour, Daemon, EchoMode, HttpBackend, TcpEchoBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// A daemon with an admin endpoint and one listener `web` over upstream `app`, which the test
@@ -403,4 +406,62 @@ async fn killing_one_of_three_under_load_fails_no_request() {
     );
     assert_eq!(failed, Vec::<u16>::new(), "no client saw an error");
     assert_eq!(a.requests() + b.requests() + victim.requests(), 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_server_that_resets_before_its_first_byte_is_ejected() {
+    let bad = ClosingTcpBackend::start(Closing::Reset).await;
+    let echo = TcpEchoBackend::start(EchoMode::Stream).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.l4]
+bind = "127.0.0.1:0"
+mode = "tcp"
+upstream = "app"
+
+[upstreams.app]
+servers = [ { address = "${BAD}" }, { address = "${ECHO}" } ]
+[upstreams.app.ejection]
+consecutive_failures = 3
+base_time = "60s"
+"#;
+    let d = Daemon::builder(config)
+        .var("BAD", bad.addr())
+        .var("ECHO", echo.addr())
+        .start()
+        .await;
+    let (l4, admin) = (d.addr("l4"), d.admin_addr());
+    // Round robin alternates: sessions 0, 2, 4 meet the resetting server.
+    let mut echoed = 0;
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(l4).await.expect("connect");
+        let _ = s.write_all(b"ping").await;
+        let mut buf = [0u8; 4];
+        if within(Duration::from_secs(5), "session", s.read_exact(&mut buf))
+            .await
+            .is_ok()
+        {
+            assert_eq!(&buf, b"ping");
+            echoed += 1;
+        }
+    }
+    // A reset that lands before the proxy's connect completes (set_nodelay sees it) counts as a
+    // connect failure and the session moves to the echo server; either way it is one failure.
+    assert_eq!(bad.accepts(), 3);
+    assert!(echoed >= 3, "{echoed}");
+    wait_for_state(admin, "app", bad.addr(), "ejected", Duration::from_secs(5)).await;
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(l4).await.expect("connect");
+        echo_roundtrip(&mut s, b"after").await;
+    }
+    assert_eq!(bad.accepts(), 3, "an ejected tcp server gets no session");
+    let status = server_status(admin, "app", bad.addr()).await;
+    assert_eq!(status["failures"], 3, "{status}");
+    let echo_status = server_status(admin, "app", echo.addr()).await;
+    assert_eq!(echo_status["failures"], 0, "{echo_status}");
 }
