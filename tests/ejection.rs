@@ -465,3 +465,76 @@ base_time = "60s"
     let echo_status = server_status(admin, "app", echo.addr()).await;
     assert_eq!(echo_status["failures"], 0, "{echo_status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_server_costs_concurrent_clients_nothing_with_retry_on_5xx() {
+    let flappy = Arc::new(HttpBackend::start("flappy", Behaviour::Identity).await);
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let b = HttpBackend::start("b", Behaviour::Identity).await;
+    let d = start(
+        r#"retry_on = ["5xx"]
+[upstreams.app.ejection]
+consecutive_failures = 3
+base_time = "200ms"
+max_time = "1s"
+"#,
+        &[&flappy, &a, &b],
+    )
+    .await;
+    let web = d.addr("web");
+    // The server answers 503 for 150 ms, then 200 for 150 ms, and so on.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let flapper = tokio::spawn({
+        let (flappy, stop) = (Arc::clone(&flappy), Arc::clone(&stop));
+        async move {
+            let mut failing = true;
+            while stop.load(Ordering::Relaxed) == 0 {
+                flappy.set_behaviour(if failing {
+                    Behaviour::Status(503)
+                } else {
+                    Behaviour::Identity
+                });
+                failing = !failing;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = H1Client::connect(web).await;
+                let mut failed = Vec::new();
+                for _ in 0..100 {
+                    let r = client.get("/").await;
+                    if r.status != StatusCode::OK {
+                        failed.push(r.status.as_u16());
+                    }
+                    // Spread the requests over a few flaps.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(c.await.expect("client task"));
+    }
+    stop.store(1, Ordering::Relaxed);
+    flapper.await.expect("flapper");
+    let text = metrics_text(d.admin_addr()).await;
+    let server = format!("server=\"{}\"", flappy.addr());
+    let ejections = sample(&text, "fulcrum_server_ejections_total", &[&server]);
+    let retries = sample(&text, "fulcrum_retries_total", &["upstream=\"app\""]);
+    println!(
+        "flapping 503 server, 2,000 GETs from 20 clients: {} client errors, {ejections} ejections, {retries} retries, flappy saw {}",
+        failed.len(),
+        flappy.requests()
+    );
+    assert_eq!(failed, Vec::<u16>::new(), "no client saw an error");
+    assert!(ejections >= 1.0, "the flapping server was never ejected");
+    assert_eq!(
+        a.requests() + b.requests() + flappy.requests(),
+        2000 + retries as usize
+    );
+}

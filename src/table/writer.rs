@@ -102,8 +102,10 @@ impl Writer {
             return Vec::new();
         };
         let snap = self.upstream.load();
+        // A `down = true` server takes no traffic whatever its checks say: it is not checked.
         snap.servers
             .iter()
+            .filter(|server| !server.config.down)
             .map(|server| {
                 let events = self.upstream.events().clone();
                 let state = Arc::clone(&server.state);
