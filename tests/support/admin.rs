@@ -1,0 +1,64 @@
+//! Reading the admin endpoint: `/status` entries and `/metrics` series.
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use serde_json::Value;
+
+use super::client::get_once;
+
+/// The whole `/status` document.
+pub async fn status(admin: SocketAddr) -> Value {
+    let r = get_once(admin, "/status").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    r.json()
+}
+
+/// The `/status` entry of server `address` in upstream `upstream`.
+pub async fn server_status(admin: SocketAddr, upstream: &str, address: SocketAddr) -> Value {
+    let status = status(admin).await;
+    let address = address.to_string();
+    status["upstreams"]
+        .as_array()
+        .and_then(|all| all.iter().find(|u| u["name"] == upstream))
+        .and_then(|u| u["servers"].as_array())
+        .and_then(|all| all.iter().find(|s| s["address"] == address.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no server {address} in upstream {upstream}: {status:#}"))
+}
+
+/// The `/metrics` text.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let r = get_once(admin, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    r.text()
+}
+
+/// Whether `line` is a sample of metric `name` (not `name_something`, not a comment).
+pub fn is_series(line: &str, name: &str) -> bool {
+    line.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+}
+
+/// The values of every series of `name` carrying all of `labels` (`key="value"`, exactly).
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| is_series(l, name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {l}"))
+        })
+        .collect()
+}
+
+/// The sum of [`series`] (0 when there is none).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(text, name, labels).iter().sum()
+}
