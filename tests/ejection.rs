@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::admin::{metrics_text, sample, server_status, wait_for_state};
+use support::admin::{metric_sum, metrics, server_status, wait_for_state};
 use support::client::{self, assert_own_error, echo_roundtrip, get_once, H1Client};
 use support::raw::{Closing, ClosingTcpBackend};
 use support::{within, Behaviour, Daemon, EchoMode, HttpBackend, TcpEchoBackend};
@@ -114,10 +114,14 @@ max_time = "10s"
         lengths[1] >= Duration::from_millis(1900),
         "the second lasts twice base_time: {lengths:?}"
     );
-    let text = metrics_text(admin).await;
-    let server = format!("server=\"{}\"", bad.addr());
+    let text = metrics(admin).await;
+    let server = bad.addr().to_string();
     assert_eq!(
-        sample(&text, "fulcrum_server_ejections_total", &[&server]),
+        metric_sum(
+            &text,
+            "fulcrum_server_ejections_total",
+            &[("server", &server)]
+        ),
         2.0
     );
     let log = d.stderr_text();
@@ -148,9 +152,9 @@ async fn with_retry_on_5xx_the_client_sees_no_503() {
         bad.requests() >= 5,
         "the bad server was tried until ejected"
     );
-    let text = metrics_text(d.admin_addr()).await;
+    let text = metrics(d.admin_addr()).await;
     assert_eq!(
-        sample(&text, "fulcrum_retries_total", &["upstream=\"app\""]),
+        metric_sum(&text, "fulcrum_retries_total", &[("upstream", "app")]),
         bad.requests() as f64,
         "each 503 was retried exactly once"
     );
@@ -212,9 +216,9 @@ async fn the_retry_budget_caps_retries_when_every_server_fails() {
     // 40 first attempts allow max(30, 0.2 × 40) = 30 retries in the window; without the budget
     // every request would make 3 attempts (120).
     assert_eq!(attempts, 40 + 30);
-    let text = metrics_text(d.admin_addr()).await;
+    let text = metrics(d.admin_addr()).await;
     assert_eq!(
-        sample(&text, "fulcrum_retries_total", &["upstream=\"app\""]),
+        metric_sum(&text, "fulcrum_retries_total", &[("upstream", "app")]),
         30.0
     );
 }
@@ -522,10 +526,14 @@ max_time = "1s"
     }
     stop.store(1, Ordering::Relaxed);
     flapper.await.expect("flapper");
-    let text = metrics_text(d.admin_addr()).await;
-    let server = format!("server=\"{}\"", flappy.addr());
-    let ejections = sample(&text, "fulcrum_server_ejections_total", &[&server]);
-    let retries = sample(&text, "fulcrum_retries_total", &["upstream=\"app\""]);
+    let text = metrics(d.admin_addr()).await;
+    let server = flappy.addr().to_string();
+    let ejections = metric_sum(
+        &text,
+        "fulcrum_server_ejections_total",
+        &[("server", &server)],
+    );
+    let retries = metric_sum(&text, "fulcrum_retries_total", &[("upstream", "app")]);
     println!(
         "flapping 503 server, 2,000 GETs from 20 clients: {} client errors, {ejections} ejections, {retries} retries, flappy saw {}",
         failed.len(),

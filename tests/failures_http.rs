@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use http::{Method, StatusCode};
+use support::admin::server_status;
 use support::client::{self, assert_own_error, get_once, head_header, read_head, H1Client};
 use support::raw::{HangingAddr, RawHttpBackend, RawReply, Then};
 use support::{eventually, within, Behaviour, Daemon, HttpBackend};
@@ -30,25 +31,6 @@ bind = "127.0.0.1:0"
 mode = "http"
 upstream = "app"
 "#;
-
-/// The `/status` entry of server `address` in upstream `upstream`.
-async fn server_status(
-    admin: SocketAddr,
-    upstream: &str,
-    address: SocketAddr,
-) -> serde_json::Value {
-    let r = get_once(admin, "/status").await;
-    assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    let status = r.json();
-    let address = address.to_string();
-    status["upstreams"]
-        .as_array()
-        .and_then(|all| all.iter().find(|u| u["name"] == upstream))
-        .and_then(|u| u["servers"].as_array())
-        .and_then(|all| all.iter().find(|s| s["address"] == address.as_str()))
-        .cloned()
-        .unwrap_or_else(|| panic!("no server {address} in upstream {upstream}: {status:#}"))
-}
 
 /// The `failures` count `/status` shows for a server once it reads `expected` (polled, bounded), or
 /// the last value read.

@@ -1,24 +1,23 @@
-//! Reading the daemon's admin endpoint: one server's `/status` entry, a metric sample, and waiting
-//! for a server to reach a state.
+//! Reading the admin endpoint: `/status` entries and `/metrics` series, and waiting for a server
+//! to reach a state.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::StatusCode;
-use tokio::time::Instant;
+use serde_json::Value;
 
 use super::client::get_once;
-use super::POLL;
 
-/// The `/status` entry of the server `address` in `upstream`.
-pub async fn server_status(
-    admin: SocketAddr,
-    upstream: &str,
-    address: SocketAddr,
-) -> serde_json::Value {
+/// The whole `/status` document.
+pub async fn status(admin: SocketAddr) -> Value {
     let r = get_once(admin, "/status").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    let status = r.json();
+    r.json()
+}
+
+/// The `/status` entry of server `address` in upstream `upstream`.
+pub async fn server_status(admin: SocketAddr, upstream: &str, address: SocketAddr) -> Value {
+    let status = status(admin).await;
     let address = address.to_string();
     status["upstreams"]
         .as_array()
@@ -29,6 +28,42 @@ pub async fn server_status(
         .unwrap_or_else(|| panic!("no server {address} in upstream {upstream}: {status:#}"))
 }
 
+/// The `/metrics` text.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let r = get_once(admin, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    r.text()
+}
+
+/// Whether `line` is a sample of metric `name` (not `name_something`, not a comment).
+pub fn is_series(line: &str, name: &str) -> bool {
+    line.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+}
+
+/// The values of every series of `name` carrying all of `labels` (`key="value"`, exactly).
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| is_series(l, name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {l}"))
+        })
+        .collect()
+}
+
+/// The sum of [`series`] (0 when there is none).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(text, name, labels).iter().sum()
+}
+
 /// Polls until the server's `/status` state is `state`; returns how long that took, or panics
 /// after `timeout` with the last entry seen.
 pub async fn wait_for_state(
@@ -36,9 +71,9 @@ pub async fn wait_for_state(
     upstream: &str,
     address: SocketAddr,
     state: &str,
-    timeout: Duration,
-) -> Duration {
-    let started = Instant::now();
+    timeout: std::time::Duration,
+) -> std::time::Duration {
+    let started = tokio::time::Instant::now();
     loop {
         let s = server_status(admin, upstream, address).await;
         if s["state"] == state {
@@ -47,24 +82,6 @@ pub async fn wait_for_state(
         if started.elapsed() > timeout {
             panic!("{address} not {state} within {timeout:?}: {s:#}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(super::POLL).await;
     }
-}
-
-/// The `/metrics` text.
-pub async fn metrics_text(admin: SocketAddr) -> String {
-    get_once(admin, "/metrics").await.text()
-}
-
-/// The value of the sample of `name` (exactly, not `name_suffix`) whose labels include every one
-/// of `labels` (written as `key="value"`); 0 when there is none.
-pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
