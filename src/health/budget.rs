@@ -63,16 +63,16 @@ impl RetryBudget {
     }
 }
 
-/// Packs a bucket: the second in the high 32 bits, the count in the low 32.
+/// Packs a bucket: the second in the high 32 bits (136 years of uptime), the count in the low 32.
 fn pack(second: u64, count: u64) -> u64 {
-    (second << 32) | count.min(u64::from(u32::MAX))
+    (second << 32) + count.min(u64::from(u32::MAX))
 }
 
 fn bump(buckets: &[AtomicU64; BUCKETS], second: u64) {
     let bucket = &buckets[(second % BUCKETS as u64) as usize];
     let mut current = bucket.load(Ordering::Relaxed);
     loop {
-        let next = if current >> 32 == second & 0xffff_ffff {
+        let next = if current >> 32 == second {
             pack(second, (current & 0xffff_ffff) + 1)
         } else {
             pack(second, 1)
@@ -84,16 +84,14 @@ fn bump(buckets: &[AtomicU64; BUCKETS], second: u64) {
     }
 }
 
-/// The counts of the buckets that belong to the window ending at `second`.
+/// The counts of the buckets that belong to the window ending at `second` (no bucket is ever
+/// newer than the current second).
 fn sum(buckets: &[AtomicU64; BUCKETS], second: u64) -> u64 {
     let oldest = second.saturating_sub(BUCKETS as u64 - 1);
     buckets
         .iter()
         .map(|b| b.load(Ordering::Relaxed))
-        .filter(|&v| {
-            let s = v >> 32;
-            v != 0 && s >= oldest & 0xffff_ffff && s <= second & 0xffff_ffff
-        })
+        .filter(|&v| v >> 32 >= oldest)
         .map(|v| v & 0xffff_ffff)
         .sum()
 }

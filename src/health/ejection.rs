@@ -37,10 +37,11 @@ impl Ejection {
         self.until
     }
 
-    /// Ejections that still count towards the next one's length at `now` (after decay).
+    /// Ejections that still count towards the next one's length at `now` (after decay, which
+    /// runs only while in service: `back_since` is cleared by an ejection).
     pub fn count(&self, now: Instant, config: &EjectionConfig) -> u32 {
         match self.back_since {
-            Some(since) if self.until.is_none() => {
+            Some(since) => {
                 let periods = now.saturating_duration_since(since).as_nanos()
                     / config.base_time.as_nanos().max(1);
                 self.count
