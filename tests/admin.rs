@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use support::admin::is_series;
 use support::client::{get_once, H1Client};
 use support::{Behaviour, Daemon, HttpBackend};
 
@@ -93,11 +94,6 @@ async fn metrics_count_proxied_requests() {
     );
 }
 
-/// A sample line of metric `name` (not `name_something`, not a comment).
-fn is_series(line: &str, name: &str) -> bool {
-    line.strip_prefix(name)
-        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_servers() {
