@@ -94,7 +94,6 @@ async fn metrics_count_proxied_requests() {
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_servers() {
     let (backends, d) = start().await;

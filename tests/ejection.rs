@@ -546,3 +546,83 @@ max_time = "1s"
         2000 + retries as usize
     );
 }
+
+/// A server that answers 503 as soon as it has a request head, without reading the body, and keeps
+/// the connection open.
+async fn early_503() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_before_the_body_is_read_replays_the_rest_as_the_client_sends_it() {
+    let (early, heads) = early_503().await;
+    let good = HttpBackend::start("good", Behaviour::EchoRequest).await;
+    let config = format!(
+        "{WEB}\n[upstreams.app]\nretry_on = [\"5xx\"]\nservers = [ {{ address = \"{early}\" }}, {{ address = \"{}\" }} ]\n",
+        good.addr()
+    );
+    let d = Daemon::builder(&config).start().await;
+    let mut s = TcpStream::connect(d.addr("web")).await.expect("connect");
+    s.write_all(b"PUT /doc HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .expect("write");
+    // A slow client: the rest of its body comes well after the first server has answered 503,
+    // and after the time a retry would wait for a body still held by that server's connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"world").await.expect("write");
+    let (head, rest) = within(
+        Duration::from_secs(10),
+        "response",
+        client::read_head(&mut s),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: usize = client::head_header(&head, "content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = rest;
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed early");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["method"], "PUT");
+    assert_eq!(
+        json["body_len"], 10,
+        "the replay carried what was sent before and after: {json}"
+    );
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+}

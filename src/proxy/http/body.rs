@@ -100,8 +100,10 @@ impl Tee {
                     self.kept.push(data.clone());
                 }
                 _ => {
+                    // Dropping the sender tells the waiting side at once that no replay is coming.
                     self.spoiled = true;
                     self.kept = Vec::new();
+                    self.back = None;
                 }
             },
             Some(_) => {}

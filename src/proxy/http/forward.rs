@@ -56,7 +56,13 @@ pub struct Replay {
     uri: Uri,
     headers: HeaderMap,
     /// Where the teed body comes back; `None` for a bodiless request.
-    body: Option<oneshot::Receiver<Leftover>>,
+    body: Option<BodyBack>,
+}
+
+/// A teed body on its way back from an attempt, or back.
+enum BodyBack {
+    Waiting(oneshot::Receiver<Leftover>),
+    Back(Leftover),
 }
 
 /// Whether `method` may be sent twice (RFC 9110 §9.2.2).
@@ -81,7 +87,7 @@ impl Replay {
                 RequestBody::Client(incoming) => {
                     let (tee, rx) = Tee::new(incoming);
                     *req.body_mut() = RequestBody::Teed(tee);
-                    Some(rx)
+                    Some(BodyBack::Waiting(rx))
                 }
                 other => {
                     *req.body_mut() = other;
@@ -97,15 +103,34 @@ impl Replay {
         })
     }
 
+    /// Whether the request may still be sent again: bodiless, or its body has not outgrown the copy
+    /// (so far: the body may still be streaming into the failed attempt's connection).
+    fn may_replay(&mut self) -> bool {
+        let Some(BodyBack::Waiting(rx)) = &mut self.body else {
+            return true;
+        };
+        match rx.try_recv() {
+            Ok(leftover) => self.body = Some(BodyBack::Back(leftover)),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+            Err(oneshot::error::TryRecvError::Closed) => return false,
+        }
+        true
+    }
+
     /// The request again, for another attempt, once the previous attempt has let go of it; `None`
     /// when its body outgrew the replay copy or did not come back.
     async fn request(&mut self) -> Option<Request<RequestBody>> {
         let body = match self.body.take() {
             None => RequestBody::Empty,
-            Some(rx) => {
-                let leftover = tokio::time::timeout(LEFTOVER_WAIT, rx).await.ok()?.ok()?;
+            Some(back) => {
+                let leftover = match back {
+                    BodyBack::Back(leftover) => leftover,
+                    BodyBack::Waiting(rx) => {
+                        tokio::time::timeout(LEFTOVER_WAIT, rx).await.ok()?.ok()?
+                    }
+                };
                 let (tee, rx) = Tee::resume(leftover);
-                self.body = Some(rx);
+                self.body = Some(BodyBack::Waiting(rx));
                 RequestBody::Teed(tee)
             }
         };
@@ -139,13 +164,29 @@ pub async fn forward(
         let (again, last) = match outcome {
             Attempt::Answered(response) => return answer(counters, response),
             Attempt::Unsent(again, error) => (again, error.response()),
-            Attempt::Sent(response) => match replay.as_mut() {
-                Some(replay) => match replay.request().await {
-                    Some(again) => (again, response),
-                    None => return answer(counters, response),
-                },
-                None => return answer(counters, response),
-            },
+            Attempt::Sent(response) => {
+                let Some(replay) = replay.as_mut() else {
+                    return answer(counters, response);
+                };
+                if !replay.may_replay() {
+                    return answer(counters, response);
+                }
+                let Some(next) = attempts.next() else {
+                    return answer(counters, response);
+                };
+                // Dropping the response closes its connection, which hands the teed body back.
+                drop(response);
+                match replay.request().await {
+                    Some(again) => {
+                        slot = next;
+                        req = again;
+                        continue;
+                    }
+                    None => {
+                        return answer(counters, ProxyError::BadResponse.response());
+                    }
+                }
+            }
         };
         match attempts.next() {
             Some(next) => {
@@ -285,8 +326,9 @@ async fn attempt(
         sender,
         slot,
         idle_timeout: settings.pool_idle_timeout,
-        // A connection opened for an upgrade that the server refused is not pooled.
-        max_idle: if websocket {
+        // A connection opened for an upgrade that the server refused is not pooled, nor one whose
+        // 5xx may be retried: closing it is what hands a teed request body back for the replay.
+        max_idle: if websocket || retry_5xx {
             0
         } else {
             settings.pool_max_idle_per_server
