@@ -303,10 +303,11 @@ servers = [ { address = "${A}" } ]
         took < Duration::from_secs(5),
         "exited after {took:?}, long after shutdown_timeout"
     );
-    let log = d.stderr_text();
+    // The log reader may still be draining the pipe after the exit: wait for the line.
     assert!(
-        log.contains("cut=1"),
-        "the log does not say one connection was cut:\n{log}"
+        d.wait_for_stderr("cut=1", Duration::from_secs(5)).await,
+        "the log does not say one connection was cut:\n{}",
+        d.stderr_text()
     );
     let cut = in_flight.await.expect("client task");
     assert!(
