@@ -10,6 +10,7 @@ mod body;
 mod forward;
 mod headers;
 mod pool;
+mod replay;
 mod upgrade;
 
 use std::convert::Infallible;
