@@ -139,6 +139,7 @@ impl Iterator for Attempts<'_> {
         } else {
             if !self.snap.budget.try_retry(Instant::now()) {
                 self.left = 0;
+                slot.unclaim();
                 return None;
             }
             self.snap.retries.increment(1);

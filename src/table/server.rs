@@ -252,6 +252,13 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Gives the slot back unused (a retry the budget refused): it does not count as a request.
+    pub(super) fn unclaim(self) {
+        self.server.state.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.server.state.in_flight.fetch_sub(1, Ordering::Relaxed);

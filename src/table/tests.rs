@@ -175,3 +175,29 @@ fn attempts_skip_full_servers_and_stop_after_the_retries() {
     writer.reconfigure(config, Instant::now());
     assert_eq!(up.load().attempts(&ctx(), Instant::now()).count(), 1);
 }
+
+#[test]
+fn a_retry_the_budget_refuses_claims_nothing() {
+    let mut config = upstream(vec![
+        server("127.0.0.1:1", 1, false, false, 0),
+        server("127.0.0.1:2", 1, false, false, 0),
+    ]);
+    config.retries = 1;
+    config.retry_budget = 0.0;
+    let (up, _writer) = Upstream::new(&config, &[]);
+    let snap = up.load();
+    // The budget allows 30 retries per window whatever the traffic: spend them.
+    for _ in 0..30 {
+        assert_eq!(snap.attempts(&ctx(), Instant::now()).count(), 2);
+    }
+    let mut attempts = snap.attempts(&ctx(), Instant::now());
+    let first = attempts.next().expect("a first attempt is never refused");
+    assert!(attempts.next().is_none(), "the 31st retry is refused");
+    drop(first);
+    let requests: u64 = snap.servers.iter().map(|s| s.state.requests()).sum();
+    assert_eq!(
+        requests, 61,
+        "60 + 1 slots used; the refused one is not counted"
+    );
+    assert!(snap.servers.iter().all(|s| s.state.in_flight() == 0));
+}
