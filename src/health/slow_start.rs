@@ -22,7 +22,8 @@ pub fn tenths(since: Instant, now: Instant, ramp: Duration) -> u32 {
     }
     let elapsed = now.saturating_duration_since(since).as_nanos();
     let step = elapsed * u128::from(STEPS - 1) / ramp.as_nanos();
-    1 + u32::try_from(step.min(u128::from(STEPS - 1))).unwrap_or(STEPS - 1)
+    // At most STEPS - 1, so the cast cannot truncate.
+    1 + step.min(u128::from(STEPS - 1)) as u32
 }
 
 /// When the next step after `now` begins, or `None` once the ramp is complete.
