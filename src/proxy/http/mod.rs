@@ -3,8 +3,10 @@
 //! A request takes the upstream's current snapshot, walks its candidates and claims a slot on the
 //! first server not at its limit. Connecting is separate from sending, so a refused or timed-out
 //! connect moves to the next candidate with the request untouched (up to `retries` other servers).
-//! Once bytes of the request are on the wire, only a bodiless idempotent request whose connection is
-//! closed before the response goes again (`forward.rs` has the rules).
+//! Once bytes of the request are on the wire, only an idempotent request goes again, from its replay
+//! copy (`replay.rs`), when its connection closed before a response or, with `retry_on`, on a
+//! 502/503/504 or a response timeout (`forward.rs` has the rules). Every attempt records its outcome
+//! on the server, which feeds passive ejection.
 
 mod body;
 mod forward;
