@@ -264,3 +264,48 @@ impl Drop for InFlight {
         self.server.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_log_reasons() {
+        let said: Vec<String> = [
+            Failure::ConnectRefused,
+            Failure::ConnectTimeout,
+            Failure::Reset,
+            Failure::ResponseTimeout,
+            Failure::ServerError(503),
+            Failure::BrokenResponse,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            said,
+            [
+                "connect failed",
+                "connect timed out",
+                "connection reset",
+                "response timed out",
+                "status 503",
+                "broken response"
+            ]
+        );
+    }
+
+    #[test]
+    fn standings_have_their_status_names() {
+        let names: Vec<&str> = [
+            Standing::Up,
+            Standing::Down,
+            Standing::Ejected,
+            Standing::ConfigDown,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        assert_eq!(names, ["up", "down", "ejected", "config_down"]);
+    }
+}
