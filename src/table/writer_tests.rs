@@ -71,6 +71,8 @@ async fn a_server_is_ejected_after_exactly_the_threshold_and_back_after_base_tim
         "an ejected server takes nothing"
     );
     assert_eq!(up.load().servers[0].state.consecutive_failures(), 0);
+    assert_eq!(up.load().servers[0].state.failures(), 3, "every failure is counted");
+    assert_eq!(up.load().servers[1].state.failures(), 0);
 
     let back = writer.next_deadline(Instant::now()).unwrap();
     assert_eq!(back - Instant::now(), Duration::from_secs(10));
