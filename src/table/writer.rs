@@ -185,11 +185,7 @@ impl Writer {
             let cap = ejection::cap(count, self.config.ejection.max_percent);
             if ejected >= cap {
                 state.reset_consecutive_failures();
-                let quiet = self
-                    .last_cap_warning
-                    .is_some_and(|at| now.saturating_duration_since(at) < CAP_WARNING_EVERY);
-                if !quiet {
-                    self.last_cap_warning = Some(now);
+                if self.cap_warning_due(now) {
                     warn!(upstream = %self.config.name, server = %server.config.address, ejected, cap, "not ejected: max_percent of the primaries are ejected already");
                 }
                 return;
@@ -211,6 +207,18 @@ impl Writer {
         self.config = config;
         let snap = self.upstream.load();
         self.publish(&snap, now, &[]);
+    }
+
+    /// Whether the max_percent warning may be logged at `now` (at most every [`CAP_WARNING_EVERY`]);
+    /// if so, it counts as logged.
+    pub(super) fn cap_warning_due(&mut self, now: Instant) -> bool {
+        let quiet = self
+            .last_cap_warning
+            .is_some_and(|at| now.saturating_duration_since(at) < CAP_WARNING_EVERY);
+        if !quiet {
+            self.last_cap_warning = Some(now);
+        }
+        !quiet
     }
 
     /// Ends ejections and steps ramps whose time has come.
@@ -284,27 +292,57 @@ impl Writer {
             Arc::clone(&old.budget),
             now,
         );
-        for server in &next.servers {
+        for change in changes(old, &next, reasons) {
+            let (upstream, server) = (&self.config.name, change.server);
+            let (from, to, reason) = (change.from, change.to.as_str(), change.reason);
+            if change.to == Standing::Up {
+                info!(%upstream, %server, from, to, reason, "server state changed");
+            } else {
+                warn!(%upstream, %server, from, to, reason, "server state changed");
+            }
+        }
+        self.upstream.store(next);
+    }
+}
+
+/// A change of a server's standing between two snapshots, as its log line says it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Change<'a> {
+    pub(super) server: &'a str,
+    /// The old standing's name, or `new` for a server the old snapshot did not have.
+    pub(super) from: &'static str,
+    pub(super) to: Standing,
+    /// Why, from the writer's reasons for this round (empty when it gave none).
+    pub(super) reason: &'a str,
+}
+
+/// The servers of `next` whose standing differs from `old`, with the reason given for each.
+pub(super) fn changes<'a>(
+    old: &Snapshot,
+    next: &'a Snapshot,
+    reasons: &'a [(String, String)],
+) -> Vec<Change<'a>> {
+    next.servers
+        .iter()
+        .filter_map(|server| {
             let before = old
                 .servers
                 .iter()
                 .find(|s| Arc::ptr_eq(&s.state, &server.state))
                 .map(|s| s.standing);
             if before == Some(server.standing) {
-                continue;
+                return None;
             }
             let reason = reasons
                 .iter()
                 .find(|(address, _)| *address == server.config.address)
                 .map_or("", |(_, r)| r.as_str());
-            let from = before.map_or("new", Standing::as_str);
-            let to = server.standing.as_str();
-            if server.standing == Standing::Up {
-                info!(upstream = %self.config.name, server = %server.config.address, from, to, reason, "server state changed");
-            } else {
-                warn!(upstream = %self.config.name, server = %server.config.address, from, to, reason, "server state changed");
-            }
-        }
-        self.upstream.store(next);
-    }
+            Some(Change {
+                server: &server.config.address,
+                from: before.map_or("new", Standing::as_str),
+                to: server.standing,
+                reason,
+            })
+        })
+        .collect()
 }

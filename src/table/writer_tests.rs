@@ -71,7 +71,11 @@ async fn a_server_is_ejected_after_exactly_the_threshold_and_back_after_base_tim
         "an ejected server takes nothing"
     );
     assert_eq!(up.load().servers[0].state.consecutive_failures(), 0);
-    assert_eq!(up.load().servers[0].state.failures(), 3, "every failure is counted");
+    assert_eq!(
+        up.load().servers[0].state.failures(),
+        3,
+        "every failure is counted"
+    );
     assert_eq!(up.load().servers[1].state.failures(), 0);
 
     let back = writer.next_deadline(Instant::now()).unwrap();
@@ -276,4 +280,48 @@ async fn slow_start_also_follows_an_ejection() {
     tokio::time::advance(Duration::from_secs(45)).await;
     writer.on_timer(Instant::now());
     assert_eq!(up.load().servers[1].tenths, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_name_each_server_that_moved_with_its_reason() {
+    let (up, mut writer) = Upstream::new(&checked(three()), &[]);
+    let before = up.load();
+    writer.handle(report(&up, 1, false), Instant::now());
+    let after = up.load();
+    let reasons = [
+        ("127.0.0.1:1".to_string(), "unrelated".to_string()),
+        (
+            "127.0.0.1:2".to_string(),
+            "first check failed: connect refused".to_string(),
+        ),
+    ];
+    assert_eq!(
+        writer::changes(&before, &after, &reasons),
+        [writer::Change {
+            server: "127.0.0.1:2",
+            from: "up",
+            to: Down,
+            reason: "first check failed: connect refused",
+        }]
+    );
+    assert_eq!(writer::changes(&after, &after, &reasons), []);
+    // A server the old snapshot did not have is `new`; one without a reason has an empty one.
+    let (other, _) = Upstream::new(&three(), &[]);
+    let changes = writer::changes(&other.load(), &after, &[]);
+    assert_eq!(changes.len(), 3);
+    assert!(changes
+        .iter()
+        .all(|c| c.from == "new" && c.reason.is_empty()));
+    assert_eq!(changes[1].to, Down);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_max_percent_warning_is_logged_at_most_every_ten_seconds() {
+    let (_up, mut writer) = Upstream::new(&three(), &[]);
+    assert!(writer.cap_warning_due(Instant::now()));
+    tokio::time::advance(Duration::from_millis(9999)).await;
+    assert!(!writer.cap_warning_due(Instant::now()));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(writer.cap_warning_due(Instant::now()));
+    assert!(!writer.cap_warning_due(Instant::now()));
 }
