@@ -838,3 +838,27 @@ async fn slow_start_ramps_a_returning_server_up() {
         window.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_server_is_not_checked() {
+    let up = HttpBackend::start("up", Behaviour::Identity).await;
+    let off = HttpBackend::start("off", Behaviour::Identity).await;
+    let config = upstream(
+        r#"{ address = "${A}" }, { address = "${B}", down = true }"#,
+        "",
+        FAST_HTTP,
+    );
+    let d = daemon(&config, &[up.addr(), off.addr()]).await;
+    assert!(
+        eventually(DEADLINE, || up.checks() >= 3).await,
+        "the up server is checked"
+    );
+    assert_eq!(
+        off.checks(),
+        0,
+        "a down = true server takes no traffic, checks included"
+    );
+    let s = server_status(d.admin_addr(), "app", off.addr()).await;
+    assert_eq!(s["state"], "config_down", "{s}");
+    assert!(s["last_check"].is_null(), "{s}");
+}
