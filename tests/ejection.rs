@@ -12,26 +12,10 @@ use http::{Method, StatusCode};
 use support::admin::{metric_sum, metrics, server_status, wait_for_state};
 use support::client::{self, assert_own_error, echo_roundtrip, get_once, H1Client};
 use support::raw::{Closing, ClosingTcpBackend};
-use support::{within, Behaviour, Daemon, EchoMode, HttpBackend, TcpEchoBackend};
+use support::{within, Behaviour, Daemon, EchoMode, HttpBackend, TcpEchoBackend, WEB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// A daemon with an admin endpoint and one listener `web` over upstream `app`, which the test
-/// appends.
-const WEB: &str = r#"
-[runtime]
-worker_threads = 2
-shutdown_timeout = "5s"
-
-[admin]
-bind = "127.0.0.1:0"
-
-[listeners.web]
-bind = "127.0.0.1:0"
-mode = "http"
-upstream = "app"
-"#;
 
 async fn start(upstream: &str, backends: &[&HttpBackend]) -> Daemon {
     let mut servers = String::from("servers = [");

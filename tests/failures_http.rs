@@ -12,25 +12,9 @@ use http::{Method, StatusCode};
 use support::admin::server_status;
 use support::client::{self, assert_own_error, get_once, head_header, read_head, H1Client};
 use support::raw::{HangingAddr, RawHttpBackend, RawReply, Then};
-use support::{eventually, within, Behaviour, Daemon, HttpBackend};
+use support::{eventually, within, Behaviour, Daemon, HttpBackend, WEB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A daemon with an admin endpoint and one listener `web` over upstream `app`, which the test
-/// appends.
-const WEB: &str = r#"
-[runtime]
-worker_threads = 2
-shutdown_timeout = "5s"
-
-[admin]
-bind = "127.0.0.1:0"
-
-[listeners.web]
-bind = "127.0.0.1:0"
-mode = "http"
-upstream = "app"
-"#;
 
 /// The `failures` count `/status` shows for a server once it reads `expected` (polled, bounded), or
 /// the last value read.

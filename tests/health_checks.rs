@@ -19,25 +19,11 @@ use http::StatusCode;
 use serde_json::Value;
 use support::admin::{metric_sum, metrics, series, server_status};
 use support::client::{assert_own_error, get_once, H1Client};
-use support::{eventually, Behaviour, Daemon, HttpBackend, POLL};
+use support::{eventually, Behaviour, Daemon, HttpBackend, POLL, WEB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// A daemon with an admin endpoint and one listener `web` over upstream `app` (see [`upstream`]).
-const WEB: &str = r#"
-[runtime]
-worker_threads = 2
-
-[admin]
-bind = "127.0.0.1:0"
-
-[listeners.web]
-bind = "127.0.0.1:0"
-mode = "http"
-upstream = "app"
-"#;
 
 /// The fast check most tests use; its timings are [`INTERVAL`], [`TIMEOUT`], [`RISE`], [`FALL`].
 const FAST_HTTP: &str = r#"

@@ -23,6 +23,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+/// A daemon with an admin endpoint and one listener `web` over upstream `app`; the test appends
+/// `[upstreams.app]`.
+pub const WEB: &str = r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+"#;
+
 /// How often a poll loop looks again.
 pub const POLL: Duration = Duration::from_millis(10);
 
