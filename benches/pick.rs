@@ -29,6 +29,8 @@ fn upstream(servers: usize) -> Arc<Upstream> {
     let config = UpstreamConfig {
         name: "bench".into(),
         strategy: StrategyKind::RoundRobin,
+        ewma_decay: Duration::from_secs(10),
+        hash: None,
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
         retries: 2,
@@ -49,6 +51,7 @@ fn round_robin(c: &mut Criterion) {
     let ctx = PickContext {
         client: "127.0.0.1:40000".parse().unwrap(),
         head: None,
+        now: Instant::now(),
     };
     let mut group = c.benchmark_group("round_robin_pick");
     for servers in [3, 100] {
@@ -56,15 +59,16 @@ fn round_robin(c: &mut Criterion) {
         group.bench_function(format!("{servers}_servers"), |b| {
             b.iter(|| {
                 let snap = up.load();
-                black_box(snap.attempts(black_box(&ctx), Instant::now()).next())
+                black_box(snap.attempts(black_box(&ctx)).next())
             })
         });
         group.bench_function(format!("{servers}_servers_with_outcome"), |b| {
             b.iter(|| {
                 let snap = up.load();
-                let slot = snap.attempts(black_box(&ctx), Instant::now()).next();
+                let started = Instant::now();
+                let slot = snap.attempts(black_box(&ctx)).next();
                 if let Some(slot) = &slot {
-                    slot.record_response_time(Duration::from_micros(300));
+                    slot.record_response_time(started);
                     slot.succeeded();
                 }
                 black_box(slot)

@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 
 use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
-use crate::table::{Server, Upstream};
+use crate::server::Server;
+use crate::table::Upstream;
 
 /// What the admin endpoint reports on.
 pub struct State {

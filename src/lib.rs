@@ -13,4 +13,5 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod server;
 pub mod table;

@@ -8,7 +8,6 @@
 //! update is lost to a concurrent one. Live state is keyed by the server's address string, so a
 //! rebuilt snapshot keeps the counters of servers that stay.
 
-mod server;
 mod writer;
 
 use std::sync::Arc;
@@ -18,23 +17,15 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use server::{Failure, InFlight, Life, Passive, Server, ServerState, Standing};
-pub use writer::{Event, Writer};
+pub use crate::server::{Event, Failure, InFlight, Life, Server, ServerState, Standing};
+pub use writer::Writer;
 
-use crate::balance::{Balancer, Candidates, PickContext, RoundRobin};
+use crate::balance::{Balancer, Candidates, PickContext};
 use crate::config::{RetryOn, StrategyKind, UpstreamConfig};
 use crate::health::budget::RetryBudget;
 use crate::health::slow_start;
 use crate::metrics::CodeCounters;
-
-fn find_counters<'a>(
-    list: &'a [(Arc<str>, CodeCounters)],
-    listener: &str,
-) -> Option<&'a CodeCounters> {
-    list.iter()
-        .find(|(name, _)| &**name == listener)
-        .map(|(_, c)| c)
-}
+use crate::server::{find_counters, Decay, Passive, Recording};
 
 /// Per-upstream settings that travel with the snapshot, so a reload changes them atomically.
 #[derive(Debug, Clone)]
@@ -63,8 +54,8 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Every configured server, in file order.
     pub servers: Vec<Arc<Server>>,
-    /// Indices into `servers` of the tier that takes traffic now.
-    tier: Box<[u32]>,
+    /// The servers that take traffic now: eligible primaries, else eligible backups.
+    tier: Box<[Arc<Server>]>,
     balancer: Balancer,
     /// `fulcrum_requests_total` handles for answers no server was involved in (503).
     unserved: Arc<[(Arc<str>, CodeCounters)]>,
@@ -80,27 +71,23 @@ impl Snapshot {
         &'a self,
         ctx: &PickContext<'_>,
     ) -> impl Iterator<Item = &'a Arc<Server>> + 'a {
-        let positions: Candidates<'a> = self.balancer.candidates(ctx);
-        positions.map(move |pos| self.in_tier(pos))
+        let positions: Candidates = self.balancer.candidates(&self.tier, ctx);
+        positions.map(move |pos| &self.tier[pos])
     }
 
     /// Claimed slots for one request (http) or connection (tcp), in the order to try them: the
     /// candidates, skipping a server at `max_connections` (that is not a retry), at most
     /// `1 + retries` of them, and a retry only while the retry budget allows it. Every slot after
     /// the first counts in `fulcrum_retries_total`. Both proxies take the next slot when an
-    /// attempt fails in a way that may go elsewhere; `now` is the request's start.
-    pub fn attempts<'a>(&'a self, ctx: &PickContext<'_>, now: Instant) -> Attempts<'a> {
+    /// attempt fails in a way that may go elsewhere.
+    pub fn attempts<'a>(&'a self, ctx: &PickContext<'_>) -> Attempts<'a> {
         Attempts {
             snap: self,
-            positions: self.balancer.candidates(ctx),
+            positions: self.balancer.candidates(&self.tier, ctx),
             left: self.settings.retries.saturating_add(1),
             first: true,
-            now,
+            now: ctx.now,
         }
-    }
-
-    fn in_tier(&self, pos: usize) -> &Arc<Server> {
-        &self.servers[self.tier[pos] as usize]
     }
 
     /// Whether any server may take traffic now.
@@ -117,7 +104,7 @@ impl Snapshot {
 /// The iterator of [`Snapshot::attempts`].
 pub struct Attempts<'a> {
     snap: &'a Snapshot,
-    positions: Candidates<'a>,
+    positions: Candidates,
     left: u32,
     first: bool,
     now: Instant,
@@ -130,10 +117,11 @@ impl Iterator for Attempts<'_> {
         if self.left == 0 {
             return None;
         }
+        let snap = self.snap;
         let slot = self
             .positions
             .by_ref()
-            .find_map(|pos| self.snap.in_tier(pos).try_acquire())?;
+            .find_map(|pos| snap.balancer.claim(&snap.tier[pos]))?;
         if self.first {
             self.snap.budget.record_first(self.now);
         } else {
@@ -213,9 +201,14 @@ fn build(
     let same_listeners = |old: &[(Arc<str>, CodeCounters)]| {
         old.len() == listeners.len() && old.iter().zip(listeners).all(|((a, _), b)| a == b)
     };
-    let passive = Passive {
-        threshold: config.ejection.consecutive_failures,
-        events: events.clone(),
+    let recording = Recording {
+        passive: Passive {
+            threshold: config.ejection.consecutive_failures,
+            events: events.clone(),
+        },
+        upstream_in_flight: None,
+        latency_decay: (config.strategy == StrategyKind::PeakEwma)
+            .then(|| Decay::new(config.ewma_decay)),
     };
     let servers: Vec<Arc<Server>> = config
         .servers
@@ -262,29 +255,22 @@ fn build(
                 standing,
                 tenths,
                 requests_by_listener,
-                passive: passive.clone(),
+                recording: recording.clone(),
             })
         })
         .collect();
-    let eligible = |backup: bool| -> Vec<u32> {
-        (0..servers.len() as u32)
-            .filter(|&i| {
-                let s = &servers[i as usize];
-                s.config.backup == backup && s.standing == Standing::Up
-            })
+    let eligible = |backup: bool| -> Vec<Arc<Server>> {
+        servers
+            .iter()
+            .filter(|s| s.config.backup == backup && s.standing == Standing::Up)
+            .cloned()
             .collect()
     };
     let mut tier = eligible(false);
     if tier.is_empty() {
         tier = eligible(true);
     }
-    let weights: Vec<u32> = tier
-        .iter()
-        .map(|&i| servers[i as usize].effective_weight_tenths())
-        .collect();
-    let balancer = match config.strategy {
-        StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
-    };
+    let balancer = Balancer::new(config, &tier);
     let unserved = match previous {
         Some(p) if same_listeners(&p.unserved) => Arc::clone(&p.unserved),
         _ => listeners

@@ -1,23 +1,46 @@
 //! Load-balancing strategies.
 //!
 //! A strategy is built once per snapshot over the snapshot's *tier*: the eligible primaries, or the
-//! eligible backups when no primary is eligible. At request time it yields candidates (positions in
-//! that tier) in preference order: the proxy takes the first one it can use and moves to the next on
-//! a failed connect or a full server. A candidate sequence never repeats a server and is at most as
-//! long as the tier, so retries need no extra bookkeeping.
+//! eligible backups when no primary is eligible. At request time it reads the tier's live load
+//! (each server's in-flight count and response-time average are atomics on the server) and yields
+//! candidates (positions in the tier) in preference order: the proxy claims the first one it can
+//! and moves to the next on a failed connect, a full server or a retry. A candidate sequence never
+//! repeats a server, covers the whole tier, and needs no allocation, lock or boxed iterator: the
+//! [`Balancer`] enum dispatches to each strategy's own iterator type.
+//!
+//! Claiming is the strategy's too ([`Strategy::claim`]): most claim up to the server's
+//! `max_connections`; bounded loads also cap the claim by the server's share of the upstream's
+//! total in flight, in the same compare-and-swap.
 
+mod draw;
+mod least_connections;
+mod order;
+mod peak_ewma;
 mod round_robin;
+mod two_choices;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use tokio::time::Instant;
+
+pub use least_connections::LeastConnections;
+pub use order::Preferred;
+pub use peak_ewma::PeakEwma;
 pub use round_robin::RoundRobin;
+pub use two_choices::TwoChoices;
 
-/// What a strategy may look at to choose: the client, and for L7 the request head.
+use crate::config::{StrategyKind, UpstreamConfig};
+use crate::server::{InFlight, Server};
+
+/// What a strategy may look at to choose: the client, the request head (L7) and the time.
 pub struct PickContext<'a> {
     /// The client's address as seen by the listener.
     pub client: SocketAddr,
     /// The request head in http mode; `None` in tcp mode.
     pub head: Option<&'a http::request::Parts>,
+    /// When the request (or connection) started; peak EWMA decays its averages to this instant.
+    pub now: Instant,
 }
 
 /// A way of choosing among the members of a tier.
@@ -27,8 +50,17 @@ pub trait Strategy: Send + Sync {
     where
         Self: 'a;
 
-    /// Positions in the tier (0..len), best first, each at most once.
-    fn candidates<'a>(&'a self, ctx: &PickContext<'_>) -> Self::Candidates<'a>;
+    /// Positions in `tier` (the one this strategy was built over), best first, each at most once.
+    fn candidates<'a>(
+        &'a self,
+        tier: &'a [Arc<Server>],
+        ctx: &PickContext<'_>,
+    ) -> Self::Candidates<'a>;
+
+    /// Claims a slot on a candidate, or `None` when it may take no more now.
+    fn claim(&self, server: &Arc<Server>) -> Option<InFlight> {
+        server.try_acquire()
+    }
 }
 
 /// The strategy state stored in a snapshot: one variant per strategy, dispatched without a vtable or
@@ -36,29 +68,71 @@ pub trait Strategy: Send + Sync {
 pub enum Balancer {
     /// Smooth weighted round robin.
     RoundRobin(RoundRobin),
+    /// Least in flight per weight.
+    LeastConnections(LeastConnections),
+    /// Power of two choices.
+    TwoChoices(TwoChoices),
+    /// Latency-aware two choices.
+    PeakEwma(PeakEwma),
 }
 
 impl Balancer {
-    /// Candidate positions in the tier for one request.
-    pub fn candidates<'a>(&'a self, ctx: &PickContext<'_>) -> Candidates<'a> {
+    /// The strategy `config` names, built over `tier` (its members' effective weights).
+    pub fn new(config: &UpstreamConfig, tier: &[Arc<Server>]) -> Balancer {
+        match config.strategy {
+            StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(tier)),
+            StrategyKind::LeastConnections => {
+                Balancer::LeastConnections(LeastConnections::new(tier))
+            }
+            StrategyKind::RandomTwoChoices => Balancer::TwoChoices(TwoChoices::new(tier)),
+            StrategyKind::PeakEwma => Balancer::PeakEwma(PeakEwma::new(tier, config.ewma_decay)),
+            StrategyKind::ConsistentHash => {
+                unreachable!("config validation rejects consistent_hash until it is built")
+            }
+        }
+    }
+
+    /// Candidate positions in `tier` for one request.
+    pub fn candidates<'a>(&'a self, tier: &'a [Arc<Server>], ctx: &PickContext<'_>) -> Candidates {
         match self {
-            Balancer::RoundRobin(rr) => Candidates::RoundRobin(rr.candidates(ctx)),
+            Balancer::RoundRobin(s) => Candidates::Preferred(s.candidates(tier, ctx)),
+            Balancer::LeastConnections(s) => Candidates::Preferred(s.candidates(tier, ctx)),
+            Balancer::TwoChoices(s) => Candidates::Preferred(s.candidates(tier, ctx)),
+            Balancer::PeakEwma(s) => Candidates::Preferred(s.candidates(tier, ctx)),
+        }
+    }
+
+    /// Claims a slot on `server`, as the strategy allows.
+    pub fn claim(&self, server: &Arc<Server>) -> Option<InFlight> {
+        match self {
+            Balancer::RoundRobin(s) => s.claim(server),
+            Balancer::LeastConnections(s) => s.claim(server),
+            Balancer::TwoChoices(s) => s.claim(server),
+            Balancer::PeakEwma(s) => s.claim(server),
         }
     }
 }
 
 /// The candidate iterator of whichever strategy a snapshot holds.
-pub enum Candidates<'a> {
-    /// From [`RoundRobin`].
-    RoundRobin(<RoundRobin as Strategy>::Candidates<'a>),
+pub enum Candidates {
+    /// A preferred member or two, then the rest of the tier in rotation.
+    Preferred(Preferred),
 }
 
-impl Iterator for Candidates<'_> {
+impl Iterator for Candidates {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
         match self {
-            Candidates::RoundRobin(c) => c.next(),
+            Candidates::Preferred(c) => c.next(),
         }
     }
 }
+
+/// Whether load `a` per `a_weight` is below `b` per `b_weight`, without dividing.
+fn lighter(a: u32, a_weight: u32, b: u32, b_weight: u32) -> bool {
+    u64::from(a) * u64::from(b_weight) < u64::from(b) * u64::from(a_weight)
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

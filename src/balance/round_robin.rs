@@ -8,24 +8,44 @@
 //! other member once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use super::{PickContext, Strategy};
+use super::{PickContext, Preferred, Strategy};
+use crate::server::Server;
+
+/// A value alone on its cache line(s): the cursor every worker writes must not share a line with
+/// the read-mostly fields beside it (128 bytes: adjacent-line prefetch pairs 64-byte lines).
+#[repr(align(128))]
+struct CachePadded<T>(T);
 
 /// The precomputed cycle and its cursor.
 pub struct RoundRobin {
     cycle: Box<[u32]>,
-    cursor: AtomicUsize,
-    members: usize,
+    cursor: CachePadded<AtomicUsize>,
 }
 
 impl RoundRobin {
+    /// Builds the cycle over the tier's effective weights.
+    pub fn new(tier: &[Arc<Server>]) -> Self {
+        let weights: Vec<u32> = tier.iter().map(|s| s.effective_weight_tenths()).collect();
+        Self::with_weights(&weights)
+    }
+
     /// Builds the cycle for members with these weights (each ≥ 1).
-    pub fn new(weights: &[u32]) -> Self {
+    pub fn with_weights(weights: &[u32]) -> Self {
         RoundRobin {
             cycle: smooth_cycle(weights).into_boxed_slice(),
-            cursor: AtomicUsize::new(0),
-            members: weights.len(),
+            cursor: CachePadded(AtomicUsize::new(0)),
         }
+    }
+
+    /// The cycle's next member (advancing the shared cursor), or `None` for an empty tier.
+    pub fn next_member(&self) -> Option<usize> {
+        if self.cycle.is_empty() {
+            return None;
+        }
+        let step = self.cursor.0.fetch_add(1, Ordering::Relaxed);
+        Some(self.cycle[step % self.cycle.len()] as usize)
     }
 }
 
@@ -59,43 +79,14 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
-/// Round-robin candidates: the cycle's next member, then the others in tier order after it.
-pub struct RoundRobinCandidates {
-    next: usize,
-    left: usize,
-    members: usize,
-}
-
-impl Iterator for RoundRobinCandidates {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let pos = self.next;
-        self.next = (self.next + 1) % self.members;
-        Some(pos)
-    }
-}
-
 impl Strategy for RoundRobin {
-    type Candidates<'a> = RoundRobinCandidates;
+    type Candidates<'a> = Preferred;
 
-    fn candidates(&self, _ctx: &PickContext<'_>) -> RoundRobinCandidates {
-        if self.cycle.is_empty() {
-            return RoundRobinCandidates {
-                next: 0,
-                left: 0,
-                members: 0,
-            };
-        }
-        let step = self.cursor.fetch_add(1, Ordering::Relaxed);
-        RoundRobinCandidates {
-            next: self.cycle[step % self.cycle.len()] as usize,
-            left: self.members,
-            members: self.members,
+    /// The cycle's next member, then the others in tier order after it.
+    fn candidates(&self, tier: &[Arc<Server>], _ctx: &PickContext<'_>) -> Preferred {
+        match self.next_member() {
+            Some(first) => Preferred::new(tier.len(), first, None),
+            None => Preferred::empty(),
         }
     }
 }
@@ -103,25 +94,20 @@ impl Strategy for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::testing::{ctx, tier};
 
-    fn ctx() -> PickContext<'static> {
-        PickContext {
-            client: "127.0.0.1:1".parse().unwrap(),
-            head: None,
-        }
-    }
-
-    fn firsts(rr: &RoundRobin, n: usize) -> Vec<usize> {
+    fn firsts(weights: &[u32], n: usize) -> Vec<usize> {
+        let tier = tier(weights);
+        let rr = RoundRobin::new(&tier);
         (0..n)
-            .map(|_| rr.candidates(&ctx()).next().unwrap())
+            .map(|_| rr.candidates(&tier, &ctx()).next().unwrap())
             .collect()
     }
 
     #[test]
     fn weights_are_followed_exactly_over_whole_cycles() {
-        let rr = RoundRobin::new(&[1, 2, 3]);
         let mut counts = [0; 3];
-        for i in firsts(&rr, 600) {
+        for i in firsts(&[1, 2, 3], 600) {
             counts[i] += 1;
         }
         assert_eq!(counts, [100, 200, 300]);
@@ -129,8 +115,7 @@ mod tests {
 
     #[test]
     fn heavy_members_are_interleaved_not_bunched() {
-        let rr = RoundRobin::new(&[5, 1, 1]);
-        assert_eq!(firsts(&rr, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(firsts(&[5, 1, 1], 7), vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
@@ -140,9 +125,10 @@ mod tests {
 
     #[test]
     fn candidates_visit_every_member_once() {
-        let rr = RoundRobin::new(&[1, 1, 1, 1]);
+        let tier = tier(&[1, 1, 1, 1]);
+        let rr = RoundRobin::new(&tier);
         for _ in 0..8 {
-            let mut seen: Vec<usize> = rr.candidates(&ctx()).collect();
+            let mut seen: Vec<usize> = rr.candidates(&tier, &ctx()).collect();
             assert_eq!(seen.len(), 4);
             seen.sort();
             assert_eq!(seen, vec![0, 1, 2, 3]);
@@ -152,6 +138,11 @@ mod tests {
     #[test]
     fn an_empty_tier_has_no_candidates() {
         let rr = RoundRobin::new(&[]);
-        assert_eq!(rr.candidates(&ctx()).count(), 0);
+        assert_eq!(rr.candidates(&[], &ctx()).count(), 0);
+    }
+
+    #[test]
+    fn the_cursor_has_a_cache_line_to_itself() {
+        assert_eq!(std::mem::align_of::<CachePadded<AtomicUsize>>(), 128);
     }
 }

@@ -6,6 +6,7 @@
 mod error;
 mod fault;
 mod raw;
+mod strategy;
 mod validate;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use http::{HeaderMap, StatusCode};
 pub use error::Error;
 use error::Source;
 pub use fault::{CheckKind, EjectionConfig, ExpectStatus, HealthCheckConfig, RetryOn};
+pub use strategy::{HashAlgorithm, HashConfig, HashKey, StrategyKind};
 
 /// The validated configuration of the whole daemon.
 #[derive(Debug, Clone)]
@@ -98,22 +100,6 @@ pub struct RespondConfig {
     pub headers: HeaderMap,
 }
 
-/// Load-balancing strategies the daemon knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrategyKind {
-    /// Smooth weighted round robin.
-    RoundRobin,
-}
-
-impl StrategyKind {
-    /// The name used in the config file and in `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round_robin",
-        }
-    }
-}
-
 /// `[upstreams.NAME]`.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -121,6 +107,10 @@ pub struct UpstreamConfig {
     pub name: String,
     /// How servers are picked.
     pub strategy: StrategyKind,
+    /// Peak EWMA's time constant (10 s unless set; only `peak_ewma` reads it).
+    pub ewma_decay: Duration,
+    /// The consistent hash's settings; `Some` exactly when `strategy` is `consistent_hash`.
+    pub hash: Option<HashConfig>,
     /// Ceiling on one TCP connect to a server.
     pub connect_timeout: Duration,
     /// Ceiling from sending a request to receiving the response head (http mode).
@@ -131,7 +121,8 @@ pub struct UpstreamConfig {
     pub retry_on: RetryOn,
     /// Retries allowed as a share of first attempts over 10 s (at least 3 per second).
     pub retry_budget: f64,
-    /// How long a server that (re)enters service takes to reach its full weight; zero = off.
+    /// How long a server that (re)enters service takes to reach its full weight; zero = off, and
+    /// always zero with `consistent_hash` (a returning server gets its keys back at once).
     pub slow_start: Duration,
     /// Active checks, when configured.
     pub health_check: Option<HealthCheckConfig>,

@@ -90,9 +90,18 @@ pub struct Upstream {
     pub retry_on: Option<Spanned<Vec<Spanned<String>>>>,
     pub retry_budget: Option<Spanned<f64>>,
     pub slow_start: Option<Spanned<String>>,
-    pub hash: Reserved,
+    pub ewma_decay: Option<Spanned<String>>,
+    pub hash: Option<Spanned<Hash>>,
     pub health_check: Option<Spanned<HealthCheck>>,
     pub ejection: Option<Spanned<Ejection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hash {
+    pub key: Option<Spanned<String>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub bounded_load: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]

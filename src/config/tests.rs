@@ -128,12 +128,56 @@ servers = []
 #[test]
 fn reserved_keys_say_not_supported_yet() {
     let text = GOOD.replace(
-        "[upstreams.app]\n",
-        "[upstreams.app]\nhash = { key = \"uri\" }\n",
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nidle_timeout = \"5s\"\n",
     );
-    let (_, key, message) = error_of(&text);
-    assert_eq!(key, "upstreams.app.hash");
+    let (line, key, message) = error_of(&text);
+    assert_eq!(line, 13);
+    assert_eq!(key, "listeners.web.idle_timeout");
     assert!(message.contains("not supported yet"), "{message}");
+}
+
+fn with_upstream_keys(keys: &str) -> String {
+    GOOD.replace("[upstreams.app]\n", &format!("[upstreams.app]\n{keys}\n"))
+}
+
+#[test]
+fn every_strategy_name_is_accepted() {
+    for (name, kind) in [
+        ("round_robin", StrategyKind::RoundRobin),
+        ("least_connections", StrategyKind::LeastConnections),
+        ("random_two_choices", StrategyKind::RandomTwoChoices),
+        ("peak_ewma", StrategyKind::PeakEwma),
+    ] {
+        let config = parse(&with_upstream_keys(&format!("strategy = \"{name}\""))).unwrap();
+        assert_eq!(config.upstreams[0].strategy, kind);
+    }
+}
+
+#[test]
+fn an_unknown_strategy_lists_the_known_ones() {
+    let (line, key, message) = error_of(&with_upstream_keys("strategy = \"leastconn\""));
+    assert_eq!((line, key.as_str()), (20, "upstreams.app.strategy"));
+    assert!(message.contains("\"least_connections\""), "{message}");
+}
+
+#[test]
+fn ewma_decay_defaults_to_ten_seconds_and_belongs_to_peak_ewma() {
+    let config = parse(&with_upstream_keys("strategy = \"peak_ewma\"")).unwrap();
+    assert_eq!(config.upstreams[0].ewma_decay, Duration::from_secs(10));
+    let config = parse(&with_upstream_keys(
+        "strategy = \"peak_ewma\"\newma_decay = \"1s\"",
+    ))
+    .unwrap();
+    assert_eq!(config.upstreams[0].ewma_decay, Duration::from_secs(1));
+    let (line, key, message) = error_of(&with_upstream_keys("ewma_decay = \"1s\""));
+    assert_eq!((line, key.as_str()), (20, "upstreams.app.ewma_decay"));
+    assert!(message.contains("peak_ewma"), "{message}");
+    let (_, key, message) = error_of(&with_upstream_keys(
+        "strategy = \"peak_ewma\"\newma_decay = \"0s\"",
+    ));
+    assert_eq!(key, "upstreams.app.ewma_decay");
+    assert!(message.contains("greater than 0"), "{message}");
 }
 
 #[test]

@@ -295,27 +295,7 @@ impl Validator<'_> {
 
     fn upstream(&self, name: String, u: raw::Upstream) -> Result<UpstreamConfig, Error> {
         let key = |k: &str| format!("upstreams.{name}.{k}");
-        self.reserved(&key("hash"), &u.hash)?;
-        let strategy = match &u.strategy {
-            None => StrategyKind::RoundRobin,
-            Some(s) => match s.get_ref().as_str() {
-                "round_robin" => StrategyKind::RoundRobin,
-                "least_connections" | "random_two_choices" | "consistent_hash" => {
-                    return Err(self.err(
-                        s.span(),
-                        key("strategy"),
-                        format!("strategy `{}` is not supported yet", s.get_ref()),
-                    ))
-                }
-                other => {
-                    return Err(self.err(
-                        s.span(),
-                        key("strategy"),
-                        format!("unknown strategy `{other}`; expected \"round_robin\""),
-                    ))
-                }
-            },
-        };
+        let balancing = self.balancing(&key, u.strategy, u.ewma_decay, u.hash)?;
         let connect_timeout = self.positive_duration(
             &key("connect_timeout"),
             u.connect_timeout,
@@ -333,7 +313,11 @@ impl Validator<'_> {
         )?;
         let retry_on = self.retry_on(&key("retry_on"), u.retry_on)?;
         let retry_budget = self.retry_budget(&key("retry_budget"), u.retry_budget)?;
-        let slow_start = self.duration(&key("slow_start"), u.slow_start, Duration::ZERO)?;
+        let mut slow_start = self.duration(&key("slow_start"), u.slow_start, Duration::ZERO)?;
+        if balancing.strategy == StrategyKind::ConsistentHash {
+            // CONTRACT: slow start does not apply to consistent hashing (keys return at once).
+            slow_start = Duration::ZERO;
+        }
         let health_check = u
             .health_check
             .map(|c| self.health_check(&key("health_check"), c))
@@ -384,7 +368,9 @@ impl Validator<'_> {
         }
         Ok(UpstreamConfig {
             name,
-            strategy,
+            strategy: balancing.strategy,
+            ewma_decay: balancing.ewma_decay,
+            hash: balancing.hash,
             connect_timeout,
             response_timeout,
             retries: u.retries.unwrap_or(2),

@@ -4,7 +4,7 @@
 //! connection; `tcp` pairs each client connection with one upstream connection. Both pick servers
 //! from the upstream's current snapshot and record outcomes through the server's [`InFlight`] guard.
 //!
-//! [`InFlight`]: crate::table::InFlight
+//! [`InFlight`]: crate::server::InFlight
 
 mod error;
 pub mod http;

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::http::connect_tcp;
 use super::{ListenerCtx, Route};
 use crate::balance::PickContext;
-use crate::table::Failure;
+use crate::server::Failure;
 
 /// Serves one accepted client connection in tcp mode.
 pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer: SocketAddr) {
@@ -32,8 +32,9 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer
     let ctx_pick = PickContext {
         client: peer,
         head: None,
+        now: Instant::now(),
     };
-    for slot in snap.attempts(&ctx_pick, Instant::now()) {
+    for slot in snap.attempts(&ctx_pick) {
         let server = slot.server();
         let started = Instant::now();
         let stream = match connect_tcp(server.addr(), snap.settings.connect_timeout).await {
@@ -44,7 +45,7 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, mut client: TcpStream, peer
                 continue;
             }
         };
-        slot.record_response_time(started.elapsed());
+        slot.record_response_time(started);
         let mut upstream_stream = Watched::new(stream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream_stream).await {
             Ok((up, down)) => {

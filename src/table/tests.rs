@@ -26,6 +26,8 @@ pub(super) fn upstream(servers: Vec<ServerConfig>) -> UpstreamConfig {
     UpstreamConfig {
         name: "app".into(),
         strategy: StrategyKind::RoundRobin,
+        ewma_decay: Duration::from_secs(10),
+        hash: None,
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),
         retries: 2,
@@ -44,6 +46,7 @@ pub(super) fn ctx() -> PickContext<'static> {
     PickContext {
         client: "127.0.0.1:9".parse().unwrap(),
         head: None,
+        now: Instant::now(),
     }
 }
 
@@ -156,7 +159,7 @@ fn attempts_skip_full_servers_and_stop_after_the_retries() {
     let snap = up.load();
     let held = snap.servers[0].try_acquire().unwrap();
     for _ in 0..8 {
-        let slots: Vec<InFlight> = snap.attempts(&ctx(), Instant::now()).collect();
+        let slots: Vec<InFlight> = snap.attempts(&ctx()).collect();
         assert_eq!(slots.len(), 2, "one attempt plus one retry");
         assert!(
             slots
@@ -173,7 +176,7 @@ fn attempts_skip_full_servers_and_stop_after_the_retries() {
     drop(held);
     config.retries = 0;
     writer.reconfigure(config, Instant::now());
-    assert_eq!(up.load().attempts(&ctx(), Instant::now()).count(), 1);
+    assert_eq!(up.load().attempts(&ctx()).count(), 1);
 }
 
 #[test]
@@ -188,9 +191,9 @@ fn a_retry_the_budget_refuses_claims_nothing() {
     let snap = up.load();
     // The budget allows 30 retries per window whatever the traffic: spend them.
     for _ in 0..30 {
-        assert_eq!(snap.attempts(&ctx(), Instant::now()).count(), 2);
+        assert_eq!(snap.attempts(&ctx()).count(), 2);
     }
-    let mut attempts = snap.attempts(&ctx(), Instant::now());
+    let mut attempts = snap.attempts(&ctx());
     let first = attempts.next().expect("a first attempt is never refused");
     assert!(attempts.next().is_none(), "the 31st retry is refused");
     drop(first);

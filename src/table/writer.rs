@@ -18,31 +18,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{build, standing, Failure, ServerState, Snapshot, Standing, Upstream};
+use super::{build, standing, Snapshot, Upstream};
 use crate::config::UpstreamConfig;
 use crate::health::check;
 use crate::health::ejection;
-use crate::health::rise_fall::CheckReport;
 use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
-
-/// What the writer is told.
-pub enum Event {
-    /// An active check of a server ended.
-    Check {
-        /// The server checked.
-        state: Arc<ServerState>,
-        /// What the check saw.
-        report: CheckReport,
-    },
-    /// A worker saw a server reach `consecutive_failures` failures in a row.
-    Failing {
-        /// The failing server.
-        state: Arc<ServerState>,
-        /// The failure that reached the threshold.
-        last: Failure,
-    },
-}
+use crate::server::{Event, Failure, ServerState, Standing};
 
 /// How often at most the writer says that `max_percent` kept a failing server in rotation.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::pool::{self, Sender};
-use crate::table::{Failure, InFlight};
+use crate::server::{Failure, InFlight};
 
 /// The most of a request body kept for a replay (CONTRACT.md "Retries").
 pub const REPLAY_LIMIT: usize = 64 * 1024;

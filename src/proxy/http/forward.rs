@@ -30,7 +30,8 @@ use super::replay::Replay;
 use super::{pool, upgrade};
 use crate::metrics::CodeCounters;
 use crate::proxy::{ListenerCtx, ProxyError};
-use crate::table::{Attempts, Failure, InFlight, Snapshot};
+use crate::server::{Failure, InFlight};
+use crate::table::{Attempts, Snapshot};
 
 /// What one attempt on one server came to.
 enum Attempt {
@@ -204,7 +205,7 @@ async fn attempt(
             };
         }
     };
-    slot.record_response_time(started.elapsed());
+    slot.record_response_time(started);
     let status = response.status();
     if status.is_server_error() {
         slot.failed(Failure::ServerError(status.as_u16()));

@@ -122,13 +122,11 @@ async fn forward(
     let websocket = is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let attempts = snap.attempts(
-        &PickContext {
-            client,
-            head: Some(&parts),
-        },
-        tokio::time::Instant::now(),
-    );
+    let attempts = snap.attempts(&PickContext {
+        client,
+        head: Some(&parts),
+        now: tokio::time::Instant::now(),
+    });
     prepare_request(&mut parts, client, websocket);
     let req = Request::from_parts(parts, RequestBody::Client(body));
     forward::forward(ctx, snap, attempts, req, client_upgrade).await

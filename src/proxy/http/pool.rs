@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use crate::table::Failure;
+use crate::server::Failure;
 
 /// A connection able to carry one request to a server: hyper's sender, and the task that drives
 /// the connection. Dropping it (rather than pooling it) aborts that task, so a connection given up

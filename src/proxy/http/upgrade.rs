@@ -7,7 +7,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::lifecycle::TrackerGuard;
-use crate::table::{Failure, InFlight};
+use crate::server::{Failure, InFlight};
 
 /// Spawns the task that joins the two upgraded connections.
 pub fn tunnel(client: OnUpgrade, server: OnUpgrade, slot: InFlight, guard: TrackerGuard) {

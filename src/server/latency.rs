@@ -1,0 +1,171 @@
+//! A server's peak-sensitive moving average of response time (Finagle's and Linkerd's "peak
+//! EWMA"), kept in one atomic word so that recording and reading take no lock.
+//!
+//! A sample above the current average replaces it at once (a server that turns slow is noticed on
+//! its first slow answer); one below moves the average toward it with time constant τ
+//! (`ewma_decay`): after Δt the old average keeps the weight e^(−Δt/τ). Between samples the
+//! average decays toward zero with the same constant, so a server that was slow and then got no
+//! traffic is tried again instead of being shunned forever.
+//!
+//! The word packs the average (an `f32`, in microseconds) above the time of the last sample (a
+//! `u32` of milliseconds since the server's state was created; it wraps after 49.7 days, which
+//! only matters for a server that got no sample for that long). Recording is one compare-and-swap
+//! loop; reading is one load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// No sample yet (the bits of an `f32` NaN, which a real average never is).
+const EMPTY: u64 = u64::MAX;
+
+/// The time constant of the average, kept as its inverse in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decay {
+    per_ms: f64,
+}
+
+impl Decay {
+    /// The decay with time constant `tau` (validated > 0 by the config).
+    pub fn new(tau: Duration) -> Self {
+        Decay {
+            per_ms: 1.0 / (tau.as_secs_f64() * 1000.0).max(1.0),
+        }
+    }
+
+    /// The weight an average `elapsed_ms` old keeps: e^(−Δt/τ).
+    fn keep(self, elapsed_ms: u32) -> f64 {
+        (-f64::from(elapsed_ms) * self.per_ms).exp()
+    }
+}
+
+/// The average and when it was last fed (see the module docs).
+pub struct Latency {
+    epoch: Instant,
+    word: AtomicU64,
+}
+
+impl Latency {
+    /// An average with no sample yet; `epoch` is the zero of its clock.
+    pub fn new(epoch: Instant) -> Self {
+        Latency {
+            epoch,
+            word: AtomicU64::new(EMPTY),
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u32 {
+        // Wraps after 49.7 days by design (see the module docs).
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// The average at `now` in microseconds, decayed since its last sample; `None` before the
+    /// first sample.
+    pub fn average_at(&self, now: Instant, decay: Decay) -> Option<f64> {
+        let word = self.word.load(Ordering::Relaxed);
+        let (average, stamp) = unpack(word)?;
+        let elapsed = self.millis(now).wrapping_sub(stamp);
+        Some(average * decay.keep(elapsed))
+    }
+
+    /// Feeds one response time observed at `now`.
+    pub fn observe(&self, sample: Duration, now: Instant, decay: Decay) {
+        let sample = sample.as_secs_f64() * 1e6;
+        let stamp = self.millis(now);
+        // Err only when the closure declines, which it never does.
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let average = match unpack(word) {
+                    None => sample,
+                    Some((average, last)) => {
+                        let keep = decay.keep(stamp.wrapping_sub(last));
+                        let decayed = average * keep;
+                        if sample > decayed {
+                            sample
+                        } else {
+                            decayed + sample * (1.0 - keep)
+                        }
+                    }
+                };
+                Some(pack(average, stamp))
+            });
+    }
+}
+
+fn pack(average_us: f64, stamp: u32) -> u64 {
+    (u64::from((average_us as f32).to_bits()) << 32) | u64::from(stamp)
+}
+
+fn unpack(word: u64) -> Option<(f64, u32)> {
+    if word == EMPTY {
+        return None;
+    }
+    let average = f32::from_bits((word >> 32) as u32);
+    Some((f64::from(average), word as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAU: Duration = Duration::from_secs(10);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn there_is_no_average_before_the_first_sample() {
+        let latency = Latency::new(Instant::now());
+        assert_eq!(latency.average_at(Instant::now(), Decay::new(TAU)), None);
+        latency.observe(ms(3), Instant::now(), Decay::new(TAU));
+        assert_eq!(
+            latency.average_at(Instant::now(), Decay::new(TAU)),
+            Some(3000.0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_sample_replaces_the_average_at_once() {
+        let decay = Decay::new(TAU);
+        let latency = Latency::new(Instant::now());
+        latency.observe(ms(1), Instant::now(), decay);
+        tokio::time::advance(ms(5)).await;
+        latency.observe(ms(50), Instant::now(), decay);
+        assert_eq!(latency.average_at(Instant::now(), decay), Some(50_000.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_sample_moves_the_average_by_the_elapsed_share_of_tau() {
+        let decay = Decay::new(TAU);
+        let latency = Latency::new(Instant::now());
+        latency.observe(ms(50), Instant::now(), decay);
+        tokio::time::advance(TAU).await;
+        latency.observe(ms(10), Instant::now(), decay);
+        // 50 ms keeps e^-1 of its weight after one τ; the new 10 ms sample has the rest.
+        let expected = 50_000.0 * (-1f64).exp() + 10_000.0 * (1.0 - (-1f64).exp());
+        let got = latency.average_at(Instant::now(), decay).unwrap();
+        assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_samples_the_average_decays_toward_zero() {
+        let decay = Decay::new(TAU);
+        let latency = Latency::new(Instant::now());
+        latency.observe(ms(50), Instant::now(), decay);
+        tokio::time::advance(TAU * 2).await;
+        let got = latency.average_at(Instant::now(), decay).unwrap();
+        let expected = 50_000.0 * (-2f64).exp();
+        assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
+        tokio::time::advance(TAU * 100).await;
+        assert!(latency.average_at(Instant::now(), decay).unwrap() < 1e-30);
+    }
+
+    #[test]
+    fn the_word_round_trips_the_average_and_the_stamp() {
+        assert_eq!(unpack(pack(1234.5, 77)), Some((1234.5, 77)));
+        assert_eq!(unpack(EMPTY), None);
+    }
+}
