@@ -135,4 +135,6 @@ fn lighter(a: u32, a_weight: u32, b: u32, b_weight: u32) -> bool {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 pub(crate) mod testing;
