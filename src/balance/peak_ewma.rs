@@ -169,10 +169,31 @@ mod tests {
         let now = Instant::now();
         // 3 ms is 3000 µs, over a full weight of 10 tenths.
         assert_eq!(ewma.cost(&tier, 3, now), 300.0);
+        // With an even number of others, the median is the mean of the middle two.
+        let even = self::tier(&[1, 1, 1]);
+        let ewma_even = PeakEwma::new(&even, TAU);
+        feed(&even[0], 1);
+        feed(&even[1], 3);
+        assert_eq!(ewma_even.cost(&even, 2, now), 200.0);
         // Nobody has samples: cost is load alone.
         let fresh = self::tier(&[1, 1]);
         let ewma = PeakEwma::new(&fresh, TAU);
         assert_eq!(ewma.cost(&fresh, 0, now), NO_SAMPLES_US / 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tie_keeps_the_first_draw() {
+        // 1 ms on weight 1 and 3 ms on weight 3 cost the same: the first draw wins every tie, so
+        // the shares are the draws' (by weight), not the second draw's (the reverse).
+        let tier = tier(&[1, 3]);
+        let ewma = PeakEwma::new(&tier, TAU);
+        feed(&tier[0], 1);
+        feed(&tier[1], 3);
+        let now = Instant::now();
+        assert_eq!(ewma.cost(&tier, 0, now), ewma.cost(&tier, 1, now));
+        let counts = firsts(&ewma, &tier, 40_000);
+        let share = counts[1] as f64 / 40_000.0;
+        assert!((share - 0.75).abs() < 0.02, "{counts:?}");
     }
 
     #[tokio::test(start_paused = true)]
