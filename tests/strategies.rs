@@ -35,12 +35,13 @@ mode = "tcp"
 upstream = "app"
 "#;
 
-/// The strategies built so far, by config name.
-const STRATEGIES: [&str; 4] = [
+/// Every strategy, by config name (consistent_hash with its default key, the client IP).
+const STRATEGIES: [&str; 5] = [
     "round_robin",
     "least_connections",
     "random_two_choices",
     "peak_ewma",
+    "consistent_hash",
 ];
 
 /// How long a request may take to show up as answered or held.
