@@ -24,6 +24,8 @@ pub const SERVER_UP: &str = "fulcrum_server_up";
 pub const SERVER_EJECTIONS_TOTAL: &str = "fulcrum_server_ejections_total";
 /// `fulcrum_health_checks_total`.
 pub const HEALTH_CHECKS_TOTAL: &str = "fulcrum_health_checks_total";
+/// `fulcrum_hash_key_missing_total`: requests a consistent hash found without its key.
+pub const HASH_KEY_MISSING_TOTAL: &str = "fulcrum_hash_key_missing_total";
 
 /// Histogram buckets for upstream response time, in seconds (1 ms to 30 s).
 pub const RESPONSE_BUCKETS: &[f64] = &[

@@ -10,6 +10,7 @@
 
 mod writer;
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,9 @@ pub struct Snapshot {
     pub retries: metrics::Counter,
     /// The upstream's retry budget (the same one in every snapshot).
     budget: Arc<RetryBudget>,
+    /// The upstream's total in flight, with bounded loads on: handed from each snapshot to the
+    /// next, so that slots claimed under an older snapshot still count (and are given back).
+    in_flight_total: Option<Arc<AtomicU32>>,
 }
 
 impl Snapshot {
@@ -71,7 +75,7 @@ impl Snapshot {
         &'a self,
         ctx: &PickContext<'_>,
     ) -> impl Iterator<Item = &'a Arc<Server>> + 'a {
-        let positions: Candidates = self.balancer.candidates(&self.tier, ctx);
+        let positions: Candidates<'a> = self.balancer.candidates(&self.tier, ctx);
         positions.map(move |pos| &self.tier[pos])
     }
 
@@ -104,7 +108,7 @@ impl Snapshot {
 /// The iterator of [`Snapshot::attempts`].
 pub struct Attempts<'a> {
     snap: &'a Snapshot,
-    positions: Candidates,
+    positions: Candidates<'a>,
     left: u32,
     first: bool,
     now: Instant,
@@ -201,12 +205,18 @@ fn build(
     let same_listeners = |old: &[(Arc<str>, CodeCounters)]| {
         old.len() == listeners.len() && old.iter().zip(listeners).all(|((a, _), b)| a == b)
     };
+    let bounded = config.hash.as_ref().is_some_and(|h| h.bounded_load >= 1.0);
+    let in_flight_total = bounded.then(|| {
+        previous
+            .and_then(|p| p.in_flight_total.clone())
+            .unwrap_or_default()
+    });
     let recording = Recording {
         passive: Passive {
             threshold: config.ejection.consecutive_failures,
             events: events.clone(),
         },
-        upstream_in_flight: None,
+        upstream_in_flight: in_flight_total.clone(),
         latency_decay: (config.strategy == StrategyKind::PeakEwma)
             .then(|| Decay::new(config.ewma_decay)),
     };
@@ -270,7 +280,7 @@ fn build(
     if tier.is_empty() {
         tier = eligible(true);
     }
-    let balancer = Balancer::new(config, &tier);
+    let balancer = Balancer::new(config, &tier, previous.map(|p| &p.balancer));
     let unserved = match previous {
         Some(p) if same_listeners(&p.unserved) => Arc::clone(&p.unserved),
         _ => listeners
@@ -294,6 +304,7 @@ fn build(
         unserved,
         retries: metrics::counter!(crate::metrics::RETRIES_TOTAL, "upstream" => config.name.clone()),
         budget,
+        in_flight_total,
         name,
     }
 }

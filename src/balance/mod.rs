@@ -13,6 +13,7 @@
 //! total in flight, in the same compare-and-swap.
 
 mod draw;
+pub mod hash;
 mod least_connections;
 mod order;
 mod peak_ewma;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub use hash::ConsistentHash;
 pub use least_connections::LeastConnections;
 pub use order::Preferred;
 pub use peak_ewma::PeakEwma;
@@ -74,11 +76,18 @@ pub enum Balancer {
     TwoChoices(TwoChoices),
     /// Latency-aware two choices.
     PeakEwma(PeakEwma),
+    /// Maglev or ring hashing of a request key, optionally with bounded loads.
+    ConsistentHash(ConsistentHash),
 }
 
 impl Balancer {
-    /// The strategy `config` names, built over `tier` (its members' effective weights).
-    pub fn new(config: &UpstreamConfig, tier: &[Arc<Server>]) -> Balancer {
+    /// The strategy `config` names, built over `tier` (its members' effective weights). A
+    /// consistent hash shares the table of the `previous` snapshot's balancer when it still fits.
+    pub fn new(
+        config: &UpstreamConfig,
+        tier: &[Arc<Server>],
+        previous: Option<&Balancer>,
+    ) -> Balancer {
         match config.strategy {
             StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(tier)),
             StrategyKind::LeastConnections => {
@@ -87,18 +96,27 @@ impl Balancer {
             StrategyKind::RandomTwoChoices => Balancer::TwoChoices(TwoChoices::new(tier)),
             StrategyKind::PeakEwma => Balancer::PeakEwma(PeakEwma::new(tier, config.ewma_decay)),
             StrategyKind::ConsistentHash => {
-                unreachable!("config validation rejects consistent_hash until it is built")
+                let previous = match previous {
+                    Some(Balancer::ConsistentHash(h)) => Some(h),
+                    _ => None,
+                };
+                Balancer::ConsistentHash(ConsistentHash::new(config, tier, previous))
             }
         }
     }
 
     /// Candidate positions in `tier` for one request.
-    pub fn candidates<'a>(&'a self, tier: &'a [Arc<Server>], ctx: &PickContext<'_>) -> Candidates {
+    pub fn candidates<'a>(
+        &'a self,
+        tier: &'a [Arc<Server>],
+        ctx: &PickContext<'_>,
+    ) -> Candidates<'a> {
         match self {
             Balancer::RoundRobin(s) => Candidates::Preferred(s.candidates(tier, ctx)),
             Balancer::LeastConnections(s) => Candidates::Preferred(s.candidates(tier, ctx)),
             Balancer::TwoChoices(s) => Candidates::Preferred(s.candidates(tier, ctx)),
             Balancer::PeakEwma(s) => Candidates::Preferred(s.candidates(tier, ctx)),
+            Balancer::ConsistentHash(s) => Candidates::Hash(s.candidates(tier, ctx)),
         }
     }
 
@@ -109,22 +127,27 @@ impl Balancer {
             Balancer::LeastConnections(s) => s.claim(server),
             Balancer::TwoChoices(s) => s.claim(server),
             Balancer::PeakEwma(s) => s.claim(server),
+            Balancer::ConsistentHash(s) => s.claim(server),
         }
     }
 }
 
-/// The candidate iterator of whichever strategy a snapshot holds.
-pub enum Candidates {
+/// The candidate iterator of whichever strategy a snapshot holds; a consistent hash's walks the
+/// snapshot's table, hence the lifetime.
+pub enum Candidates<'a> {
     /// A preferred member or two, then the rest of the tier in rotation.
     Preferred(Preferred),
+    /// A key's owner, the next distinct members in the key's table order, then the rest.
+    Hash(hash::Walk<'a>),
 }
 
-impl Iterator for Candidates {
+impl Iterator for Candidates<'_> {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
         match self {
             Candidates::Preferred(c) => c.next(),
+            Candidates::Hash(c) => c.next(),
         }
     }
 }

@@ -132,13 +132,6 @@ impl Validator<'_> {
                 )
             })?,
         };
-        if let (Some(s), StrategyKind::ConsistentHash) = (&strategy, kind) {
-            return Err(self.err(
-                s.span(),
-                key("strategy"),
-                "strategy `consistent_hash` is not supported yet",
-            ));
-        }
         if let (Some(decay), false) = (&ewma_decay, kind == StrategyKind::PeakEwma) {
             return Err(self.err(
                 decay.span(),

@@ -330,3 +330,144 @@ fn bad_fault_tolerance_values_are_located() {
         );
     }
 }
+
+/// `GOOD` with `strategy` in the upstream and `hash` (TOML lines) as its `[upstreams.app.hash]`.
+fn with_hash(strategy: &str, hash: &str) -> String {
+    format!(
+        "{}\n[upstreams.app.hash]\n{hash}\n",
+        with_upstream_keys(&format!("strategy = \"{strategy}\""))
+    )
+}
+
+/// The line of `text` where `needle` first appears.
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).unwrap()].matches('\n').count() + 1
+}
+
+#[test]
+fn consistent_hash_has_the_contract_defaults_and_no_slow_start() {
+    let config = parse(&with_upstream_keys(
+        "strategy = \"consistent_hash\"\nslow_start = \"20s\"",
+    ))
+    .unwrap();
+    let app = &config.upstreams[0];
+    assert_eq!(app.strategy, StrategyKind::ConsistentHash);
+    assert_eq!(
+        app.hash,
+        Some(HashConfig {
+            key: HashKey::ClientIp,
+            algorithm: HashAlgorithm::Maglev,
+            bounded_load: 0.0,
+        })
+    );
+    assert_eq!(app.slow_start, Duration::ZERO);
+    // Other strategies have no hash settings.
+    assert_eq!(parse(GOOD).unwrap().upstreams[0].hash, None);
+}
+
+#[test]
+fn hash_keys_parse() {
+    for (key, want) in [
+        ("client_ip", HashKey::ClientIp),
+        ("uri", HashKey::Uri),
+        ("path", HashKey::Path),
+        (
+            "header:X-User-Id",
+            HashKey::Header(http::HeaderName::from_static("x-user-id")),
+        ),
+        ("cookie:session", HashKey::Cookie("session".into())),
+        ("query:user", HashKey::Query("user".into())),
+    ] {
+        let text = with_hash(
+            "consistent_hash",
+            &format!("key = \"{key}\"\nalgorithm = \"ring\"\nbounded_load = 1.25"),
+        );
+        let hash = parse(&text).unwrap().upstreams[0].hash.clone().unwrap();
+        assert_eq!(hash.key, want);
+        assert_eq!(hash.algorithm, HashAlgorithm::Ring);
+        assert_eq!(hash.bounded_load, 1.25);
+    }
+    let text = with_hash(
+        "consistent_hash",
+        "algorithm = \"maglev\"\nbounded_load = 0",
+    );
+    let hash = parse(&text).unwrap().upstreams[0].hash.clone().unwrap();
+    assert_eq!(
+        (hash.key, hash.algorithm),
+        (HashKey::ClientIp, HashAlgorithm::Maglev)
+    );
+    assert_eq!(hash.bounded_load, 0.0);
+    // The inline form too.
+    let text = with_upstream_keys("strategy = \"consistent_hash\"\nhash = { key = \"uri\" }");
+    assert_eq!(
+        parse(&text).unwrap().upstreams[0]
+            .hash
+            .as_ref()
+            .unwrap()
+            .key,
+        HashKey::Uri
+    );
+}
+
+#[test]
+fn bad_hash_values_are_located_at_their_key() {
+    for (hash, needle, want_key, want_text) in [
+        (
+            "bounded_load = 0.5",
+            "bounded_load",
+            "upstreams.app.hash.bounded_load",
+            "at least 1.0",
+        ),
+        (
+            "bounded_load = -1.0",
+            "bounded_load",
+            "upstreams.app.hash.bounded_load",
+            "at least 1.0",
+        ),
+        (
+            "algorithm = \"jump\"",
+            "algorithm",
+            "upstreams.app.hash.algorithm",
+            "unknown algorithm `jump`",
+        ),
+        (
+            "key = \"ip\"",
+            "key = ",
+            "upstreams.app.hash.key",
+            "unknown hash key `ip`",
+        ),
+        (
+            "key = \"header:bad name\"",
+            "key = ",
+            "upstreams.app.hash.key",
+            "not a valid header name",
+        ),
+        (
+            "key = \"cookie:\"",
+            "key = ",
+            "upstreams.app.hash.key",
+            "needs a name",
+        ),
+    ] {
+        let text = with_hash("consistent_hash", hash);
+        let (line, key, message) = error_of(&text);
+        assert_eq!(key, want_key, "{hash}: {message}");
+        assert!(message.contains(want_text), "{hash}: {message}");
+        assert_eq!(line, line_of(&text, needle), "{hash}: {message}");
+    }
+}
+
+#[test]
+fn a_hash_table_needs_consistent_hash() {
+    let text = with_hash("round_robin", "key = \"uri\"");
+    let (line, key, message) = error_of(&text);
+    assert_eq!(key, "upstreams.app.hash");
+    assert!(message.contains("consistent_hash"), "{message}");
+    assert_eq!(line, line_of(&text, "[upstreams.app.hash]"));
+    let text = with_upstream_keys("hash = { key = \"uri\" }");
+    let (line, key, _) = error_of(&text);
+    assert_eq!(
+        (line, key.as_str()),
+        (line_of(&text, "hash ="), "upstreams.app.hash")
+    );
+}

@@ -11,6 +11,11 @@
 //! `u32` of milliseconds since the server's state was created; it wraps after 49.7 days, which
 //! only matters for a server that got no sample for that long). Recording is one compare-and-swap
 //! loop; reading is one load.
+//!
+//! Workers stamp and read concurrently, so a stamp may be a little ahead of the time a reader or
+//! recorder took (a request takes its `now` when it starts; another worker's sample lands after
+//! that). A stamp up to [`SKEW_MS`] ahead counts as "now": read as a wrapped difference it would
+//! be 49.7 days old, decaying the average to nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,6 +24,20 @@ use tokio::time::Instant;
 
 /// No sample yet (the bits of an `f32` NaN, which a real average never is).
 const EMPTY: u64 = u64::MAX;
+
+/// How far (ms) a stamp may be ahead of a reading's time and count as that time (see the module
+/// docs): far more than a request takes from its start to its pick or a worker from its clock read
+/// to its compare-and-swap, far less than the clock's 49.7-day wrap.
+const SKEW_MS: u32 = 60_000;
+
+/// Milliseconds from `stamp` to `now` on the wrapping clock; 0 when `stamp` is (slightly) after.
+fn elapsed(now: u32, stamp: u32) -> u32 {
+    if stamp.wrapping_sub(now) < SKEW_MS {
+        0
+    } else {
+        now.wrapping_sub(stamp)
+    }
+}
 
 /// The time constant of the average, kept as its inverse in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,8 +84,7 @@ impl Latency {
     pub fn average_at(&self, now: Instant, decay: Decay) -> Option<f64> {
         let word = self.word.load(Ordering::Relaxed);
         let (average, stamp) = unpack(word)?;
-        let elapsed = self.millis(now).wrapping_sub(stamp);
-        Some(average * decay.keep(elapsed))
+        Some(average * decay.keep(elapsed(self.millis(now), stamp)))
     }
 
     /// Feeds one response time observed at `now`.
@@ -77,16 +95,19 @@ impl Latency {
         let _ = self
             .word
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
-                let average = match unpack(word) {
-                    None => sample,
+                let (average, stamp) = match unpack(word) {
+                    None => (sample, stamp),
                     Some((average, last)) => {
-                        let keep = decay.keep(stamp.wrapping_sub(last));
+                        let since = elapsed(stamp, last);
+                        let keep = decay.keep(since);
                         let decayed = average * keep;
-                        if sample > decayed {
+                        let average = if sample > decayed {
                             sample
                         } else {
                             decayed + sample * (1.0 - keep)
-                        }
+                        };
+                        // A sample stamped before the last one does not take the clock back.
+                        (average, if since == 0 { last } else { stamp })
                     }
                 };
                 Some(pack(average, stamp))
@@ -161,6 +182,35 @@ mod tests {
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
         tokio::time::advance(TAU * 100).await;
         assert!(latency.average_at(Instant::now(), decay).unwrap() < 1e-30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_stamped_after_the_reading_time_counts_as_just_now() {
+        // A request takes its `now` when it starts; another worker may record a sample on the
+        // server a moment later, in a later millisecond, before this request reads the average.
+        let decay = Decay::new(TAU);
+        let latency = Latency::new(Instant::now());
+        let request_start = Instant::now();
+        tokio::time::advance(ms(2)).await;
+        latency.observe(ms(50), Instant::now(), decay);
+        assert_eq!(latency.average_at(request_start, decay), Some(50_000.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_that_lands_after_a_later_one_keeps_its_peak() {
+        // Two workers record at once: the one that read the clock first wins the word second.
+        let decay = Decay::new(TAU);
+        let latency = Latency::new(Instant::now());
+        let first_clock = Instant::now();
+        tokio::time::advance(ms(2)).await;
+        latency.observe(ms(50), Instant::now(), decay);
+        latency.observe(ms(1), first_clock, decay);
+        assert_eq!(latency.average_at(Instant::now(), decay), Some(50_000.0));
+        // And the clock of the average did not go back: it decays from the later sample.
+        tokio::time::advance(TAU).await;
+        let got = latency.average_at(Instant::now(), decay).unwrap();
+        let expected = 50_000.0 * (-1f64).exp();
+        assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
     }
 
     #[test]

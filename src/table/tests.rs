@@ -204,3 +204,102 @@ fn a_retry_the_budget_refuses_claims_nothing() {
     );
     assert!(snap.servers.iter().all(|s| s.state.in_flight() == 0));
 }
+
+fn hashed(bounded_load: f64) -> UpstreamConfig {
+    let mut config = upstream(
+        (1..=5)
+            .map(|i| server(&format!("127.0.0.1:{i}"), 1, false, false, 0))
+            .collect(),
+    );
+    config.strategy = StrategyKind::ConsistentHash;
+    config.hash = Some(crate::config::HashConfig {
+        bounded_load,
+        ..Default::default()
+    });
+    config
+}
+
+fn hash_of(snap: &Snapshot) -> &crate::balance::ConsistentHash {
+    match &snap.balancer {
+        Balancer::ConsistentHash(h) => h,
+        _ => panic!("not a consistent hash"),
+    }
+}
+
+/// The first candidate's address for each of `clients` client IPs.
+fn owners(snap: &Snapshot, clients: u8) -> Vec<String> {
+    (0..clients)
+        .map(|i| {
+            let ctx = PickContext {
+                client: format!("10.0.0.{i}:5000").parse().unwrap(),
+                ..ctx()
+            };
+            snap.candidates(&ctx).next().unwrap().config.address.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn a_consistent_hash_upstream_shares_its_table_until_the_tier_changes() {
+    let config = hashed(0.0);
+    let (up, mut writer) = Upstream::new(&config, &[]);
+    let first = up.load();
+    let before = owners(&first, 200);
+    writer.reconfigure(config.clone(), Instant::now());
+    let same = up.load();
+    assert!(hash_of(&first).shares_table(hash_of(&same)));
+    assert_eq!(owners(&same, 200), before);
+    // A server taken out: a new table, and only its keys move (it was mapped to some).
+    let mut fewer = config.clone();
+    fewer.servers[2].down = true;
+    writer.reconfigure(fewer, Instant::now());
+    let after = up.load();
+    assert!(!hash_of(&same).shares_table(hash_of(&after)));
+    let moved = owners(&after, 200);
+    assert!(before.iter().any(|b| b == "127.0.0.1:3"));
+    assert!(moved.iter().all(|a| a != "127.0.0.1:3"));
+    // Back in service: its keys come back.
+    writer.reconfigure(config, Instant::now());
+    assert_eq!(owners(&up.load(), 200), before);
+}
+
+#[test]
+fn bounded_loads_total_the_upstream_across_snapshots() {
+    let config = hashed(1.5);
+    let (up, mut writer) = Upstream::new(&config, &[]);
+    let old = up.load();
+    let slot = old.attempts(&ctx()).next().unwrap();
+    writer.reconfigure(config, Instant::now());
+    let new = up.load();
+    let total = new
+        .in_flight_total
+        .clone()
+        .expect("bounded loads keep a total");
+    assert!(Arc::ptr_eq(old.in_flight_total.as_ref().unwrap(), &total));
+    assert!(new.servers.iter().all(|s| s
+        .recording
+        .upstream_in_flight
+        .as_ref()
+        .is_some_and(|t| Arc::ptr_eq(t, &total))));
+    assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let second = new.attempts(&ctx()).next().unwrap();
+    assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 2);
+    drop((slot, second));
+    assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn without_bounded_loads_nothing_is_totalled() {
+    for config in [
+        hashed(0.0),
+        upstream(vec![server("127.0.0.1:1", 1, false, false, 0)]),
+    ] {
+        let (up, _writer) = Upstream::new(&config, &[]);
+        let snap = up.load();
+        assert!(snap.in_flight_total.is_none());
+        assert!(snap
+            .servers
+            .iter()
+            .all(|s| s.recording.upstream_in_flight.is_none()));
+    }
+}
