@@ -31,7 +31,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use fulcrum::balance::PickContext;
 use fulcrum::config::{ServerConfig, StrategyKind, UpstreamConfig};
-use fulcrum::server::{Decay, InFlight};
+use fulcrum::server::InFlight;
 use fulcrum::table::Upstream;
 use tokio::time::Instant;
 
@@ -93,10 +93,9 @@ fn loaded(strategy: StrategyKind, servers: usize) -> (Arc<Upstream>, Vec<InFligh
         .enumerate()
         .map(|(i, server)| {
             let sample = Duration::from_micros(1000 + 1000 * (i as u64 % 5));
-            server
-                .state
-                .latency
-                .observe(sample, now, Decay::new(EWMA_DECAY));
+            if let Some(decay) = &server.recording.latency_decay {
+                server.state.latency.observe(sample, decay.millis(now), decay);
+            }
             server.try_acquire().expect("no max_connections")
         })
         .collect();

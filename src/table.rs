@@ -67,6 +67,8 @@ pub struct Snapshot {
     /// The upstream's total in flight, with bounded loads on: handed from each snapshot to the
     /// next, so that slots claimed under an older snapshot still count (and are given back).
     in_flight_total: Option<Arc<AtomicU32>>,
+    /// The zero of the upstream's response-time clock (see `server::Decay`).
+    latency_epoch: Instant,
 }
 
 impl Snapshot {
@@ -211,14 +213,16 @@ fn build(
             .and_then(|p| p.in_flight_total.clone())
             .unwrap_or_default()
     });
+    // Every snapshot of the upstream stamps response times on one clock.
+    let latency_epoch = previous.map_or(now, |p| p.latency_epoch);
+    let decay = Decay::new(config.ewma_decay, latency_epoch);
     let recording = Recording {
         passive: Passive {
             threshold: config.ejection.consecutive_failures,
             events: events.clone(),
         },
         upstream_in_flight: in_flight_total.clone(),
-        latency_decay: (config.strategy == StrategyKind::PeakEwma)
-            .then(|| Decay::new(config.ewma_decay)),
+        latency_decay: (config.strategy == StrategyKind::PeakEwma).then_some(decay),
     };
     let servers: Vec<Arc<Server>> = config
         .servers
@@ -280,7 +284,7 @@ fn build(
     if tier.is_empty() {
         tier = eligible(true);
     }
-    let balancer = Balancer::new(config, &tier, previous.map(|p| &p.balancer));
+    let balancer = Balancer::new(config, &tier, previous.map(|p| &p.balancer), decay);
     let unserved = match previous {
         Some(p) if same_listeners(&p.unserved) => Arc::clone(&p.unserved),
         _ => listeners
@@ -304,6 +308,7 @@ fn build(
         unserved,
         retries: metrics::counter!(crate::metrics::RETRIES_TOTAL, "upstream" => config.name.clone()),
         budget,
+        latency_epoch,
         in_flight_total,
         name,
     }

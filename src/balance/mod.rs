@@ -33,7 +33,7 @@ pub use round_robin::RoundRobin;
 pub use two_choices::TwoChoices;
 
 use crate::config::{StrategyKind, UpstreamConfig};
-use crate::server::{InFlight, Server};
+use crate::server::{Decay, InFlight, Server};
 
 /// What a strategy may look at to choose: the client, the request head (L7) and the time.
 pub struct PickContext<'a> {
@@ -82,11 +82,13 @@ pub enum Balancer {
 
 impl Balancer {
     /// The strategy `config` names, built over `tier` (its members' effective weights). A
-    /// consistent hash shares the table of the `previous` snapshot's balancer when it still fits.
+    /// consistent hash shares the table of the `previous` snapshot's balancer when it still fits;
+    /// peak EWMA reads averages aged by `decay`.
     pub fn new(
         config: &UpstreamConfig,
         tier: &[Arc<Server>],
         previous: Option<&Balancer>,
+        decay: Decay,
     ) -> Balancer {
         match config.strategy {
             StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(tier)),
@@ -94,7 +96,7 @@ impl Balancer {
                 Balancer::LeastConnections(LeastConnections::new(tier))
             }
             StrategyKind::RandomTwoChoices => Balancer::TwoChoices(TwoChoices::new(tier)),
-            StrategyKind::PeakEwma => Balancer::PeakEwma(PeakEwma::new(tier, config.ewma_decay)),
+            StrategyKind::PeakEwma => Balancer::PeakEwma(PeakEwma::new(tier, decay)),
             StrategyKind::ConsistentHash => {
                 let previous = match previous {
                     Some(Balancer::ConsistentHash(h)) => Some(h),

@@ -24,7 +24,7 @@ impl Preferred {
         Preferred {
             first: Some(first),
             second,
-            next: (first + 1) % len,
+            next: after(first, len),
             left: len - 1,
             len,
             taken: [first, second.unwrap_or(first)],
@@ -44,6 +44,16 @@ impl Preferred {
     }
 }
 
+/// The position after `pos` in a rotation of `len` (a compare, not a division: this is on every
+/// pick of every strategy).
+fn after(pos: usize, len: usize) -> usize {
+    if pos + 1 >= len {
+        0
+    } else {
+        pos + 1
+    }
+}
+
 impl Iterator for Preferred {
     type Item = usize;
 
@@ -56,7 +66,7 @@ impl Iterator for Preferred {
         }
         while self.left > 0 {
             let pos = self.next;
-            self.next = (self.next + 1) % self.len;
+            self.next = after(self.next, self.len);
             self.left -= 1;
             if !self.taken.contains(&pos) {
                 return Some(pos);

@@ -9,9 +9,6 @@
 //! over at most [`MEDIAN_SAMPLE`] members spread over the tier, so a pick stays O(1).
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use super::draw::WeightedDraw;
 use super::{PickContext, Preferred, Strategy};
@@ -33,33 +30,50 @@ pub struct PeakEwma {
     decay: Decay,
 }
 
+/// A member's cost as a fraction, so that two costs compare by cross-multiplying, not dividing.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    /// average × (in_flight + 1)
+    load: f64,
+    /// The effective weight.
+    weight: f64,
+}
+
+impl Cost {
+    fn below(self, other: Cost) -> bool {
+        self.load * other.weight < other.load * self.weight
+    }
+}
+
 impl PeakEwma {
-    /// Built over the tier's effective weights, with time constant `decay`.
-    pub fn new(tier: &[Arc<Server>], decay: Duration) -> Self {
+    /// Built over the tier's effective weights, reading averages aged by `decay`.
+    pub fn new(tier: &[Arc<Server>], decay: Decay) -> Self {
         PeakEwma {
             draw: WeightedDraw::new(tier),
-            decay: Decay::new(decay),
+            decay,
         }
     }
 
-    /// average × (in_flight + 1) / weight, the average standing in as described above.
-    fn cost(&self, tier: &[Arc<Server>], pos: usize, now: Instant) -> f64 {
+    /// average × (in_flight + 1) / weight at `now_ms`, the average standing in as described above.
+    fn cost(&self, tier: &[Arc<Server>], pos: usize, now_ms: u32) -> Cost {
         let server = &tier[pos];
         let average = server
             .state
             .latency
-            .average_at(now, self.decay)
-            .unwrap_or_else(|| self.median_of_others(tier, pos, now));
-        average.max(FLOOR_US) * f64::from(server.in_flight() + 1)
-            / f64::from(server.effective_weight_tenths())
+            .average_at(now_ms, &self.decay)
+            .unwrap_or_else(|| self.median_of_others(tier, pos, now_ms));
+        Cost {
+            load: average.max(FLOOR_US) * f64::from(server.in_flight() + 1),
+            weight: f64::from(server.effective_weight_tenths()),
+        }
     }
 
-    fn median_of_others(&self, tier: &[Arc<Server>], pos: usize, now: Instant) -> f64 {
+    fn median_of_others(&self, tier: &[Arc<Server>], pos: usize, now_ms: u32) -> f64 {
         let mut seen = [0f64; MEDIAN_SAMPLE];
         let mut count = 0;
         let step = tier.len().div_ceil(MEDIAN_SAMPLE).max(1);
         for other in (0..tier.len()).step_by(step).filter(|&i| i != pos) {
-            if let Some(average) = tier[other].state.latency.average_at(now, self.decay) {
+            if let Some(average) = tier[other].state.latency.average_at(now_ms, &self.decay) {
                 seen[count] = average;
                 count += 1;
             }
@@ -89,7 +103,8 @@ impl Strategy for PeakEwma {
         let Some(b) = b else {
             return Preferred::new(tier.len(), a, None);
         };
-        if self.cost(tier, b, ctx.now) < self.cost(tier, a, ctx.now) {
+        let now_ms = self.decay.millis(ctx.now);
+        if self.cost(tier, b, now_ms).below(self.cost(tier, a, now_ms)) {
             Preferred::new(tier.len(), b, Some(a))
         } else {
             Preferred::new(tier.len(), a, Some(b))
@@ -99,21 +114,45 @@ impl Strategy for PeakEwma {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
     use super::*;
     use crate::balance::testing::{ctx, tier_with};
     use crate::server::InFlight;
 
     const TAU: Duration = Duration::from_secs(10);
 
-    fn tier(weights: &[u32]) -> Vec<Arc<Server>> {
-        tier_with(weights, None, Some(Decay::new(TAU)))
+    /// The clock starts when the test does (paused time: the same instant for the whole test
+    /// until it advances).
+    fn decay() -> Decay {
+        Decay::new(TAU, Instant::now())
     }
 
+    fn tier(weights: &[u32]) -> Vec<Arc<Server>> {
+        tier_with(weights, None, Some(decay()))
+    }
+
+    /// The strategy over `tier`, on the tier's clock.
+    fn strategy(tier: &[Arc<Server>]) -> PeakEwma {
+        PeakEwma::new(tier, tier[0].recording.latency_decay.unwrap())
+    }
+
+    /// Feeds a response time as the proxy does: on the clock the server's recording carries.
     fn feed(server: &Server, ms: u64) {
+        let decay = server.recording.latency_decay.unwrap();
+        let now = decay.millis(Instant::now());
         server
             .state
             .latency
-            .observe(Duration::from_millis(ms), Instant::now(), Decay::new(TAU));
+            .observe(Duration::from_millis(ms), now, &decay);
+    }
+
+    /// The cost as one number, for assertions.
+    fn cost(ewma: &PeakEwma, tier: &[Arc<Server>], pos: usize) -> f64 {
+        let cost = ewma.cost(tier, pos, ewma.decay.millis(Instant::now()));
+        cost.load / cost.weight
     }
 
     fn firsts(ewma: &PeakEwma, tier: &[Arc<Server>], n: usize) -> Vec<usize> {
@@ -127,7 +166,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_slow_server_loses_every_draw_it_is_in() {
         let tier = tier(&[1, 1, 1]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 1);
         feed(&tier[1], 1);
         feed(&tier[2], 50);
@@ -138,7 +177,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn load_multiplies_the_cost() {
         let tier = tier(&[1, 1]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 1);
         feed(&tier[1], 2);
         // 1 ms × (2 + 1) in flight costs more than 2 ms × (0 + 1).
@@ -149,7 +188,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shunned_server_is_tried_again_as_its_average_decays() {
         let tier = tier(&[1, 1]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 50);
         feed(&tier[1], 1);
         assert_eq!(firsts(&ewma, &tier, 100)[0], 0);
@@ -162,23 +201,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_without_samples_costs_the_median_of_the_others() {
         let tier = tier(&[1, 1, 1, 1]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 1);
         feed(&tier[1], 3);
         feed(&tier[2], 9);
-        let now = Instant::now();
         // 3 ms is 3000 µs, over a full weight of 10 tenths.
-        assert_eq!(ewma.cost(&tier, 3, now), 300.0);
+        assert_eq!(cost(&ewma, &tier, 3), 300.0);
         // With an even number of others, the median is the mean of the middle two.
         let even = self::tier(&[1, 1, 1]);
-        let ewma_even = PeakEwma::new(&even, TAU);
+        let ewma_even = strategy(&even);
         feed(&even[0], 1);
         feed(&even[1], 3);
-        assert_eq!(ewma_even.cost(&even, 2, now), 200.0);
+        assert_eq!(cost(&ewma_even, &even, 2), 200.0);
         // Nobody has samples: cost is load alone.
         let fresh = self::tier(&[1, 1]);
-        let ewma = PeakEwma::new(&fresh, TAU);
-        assert_eq!(ewma.cost(&fresh, 0, now), NO_SAMPLES_US / 10.0);
+        let ewma = strategy(&fresh);
+        assert_eq!(cost(&ewma, &fresh, 0), NO_SAMPLES_US / 10.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,11 +224,10 @@ mod tests {
         // 1 ms on weight 1 and 3 ms on weight 3 cost the same: the first draw wins every tie, so
         // the shares are the draws' (by weight), not the second draw's (the reverse).
         let tier = tier(&[1, 3]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 1);
         feed(&tier[1], 3);
-        let now = Instant::now();
-        assert_eq!(ewma.cost(&tier, 0, now), ewma.cost(&tier, 1, now));
+        assert_eq!(cost(&ewma, &tier, 0), cost(&ewma, &tier, 1));
         let counts = firsts(&ewma, &tier, 40_000);
         let share = counts[1] as f64 / 40_000.0;
         assert!((share - 0.75).abs() < 0.02, "{counts:?}");
@@ -199,7 +236,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn equal_servers_share_equally() {
         let tier = tier(&[1, 1, 1, 1]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         for server in &tier {
             feed(server, 1);
         }
@@ -212,7 +249,7 @@ mod tests {
     async fn between_equal_idle_servers_the_heavier_weight_always_wins() {
         // Cost divides by weight (CONTRACT), and the draws are already by weight.
         let tier = tier(&[1, 3]);
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = strategy(&tier);
         feed(&tier[0], 1);
         feed(&tier[1], 1);
         assert_eq!(firsts(&ewma, &tier, 1000), vec![0, 1000]);

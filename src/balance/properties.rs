@@ -14,6 +14,20 @@ use crate::server::{Decay, InFlight, Server};
 
 const TAU: Duration = Duration::from_secs(10);
 
+/// Peak EWMA's decay on a clock that starts now.
+fn decay() -> Decay {
+    Decay::new(TAU, Instant::now())
+}
+
+/// Feeds one response time to a server's average, now.
+fn feed(server: &Server, sample: Duration) {
+    let decay = decay();
+    server
+        .state
+        .latency
+        .observe(sample, decay.millis(Instant::now()), &decay);
+}
+
 fn weights() -> impl Strategy_<Value = Vec<u32>> {
     proptest::collection::vec(1u32..=10, 1..=8)
 }
@@ -112,17 +126,17 @@ proptest! {
         weights in proptest::collection::vec(1u32..=10, 0..=12),
         loads in proptest::collection::vec(0u32..3, 12),
     ) {
-        let tier = tier_with(&weights, None, Some(Decay::new(TAU)));
+        let tier = tier_with(&weights, None, Some(decay()));
         let _held = hold(&tier, &loads[..tier.len()]);
         for (i, server) in tier.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
             let sample = Duration::from_micros(100 + 50 * i as u64);
-            server.state.latency.observe(sample, Instant::now(), Decay::new(TAU));
+            feed(server, sample);
         }
         let balancers = [
             Balancer::RoundRobin(RoundRobin::new(&tier)),
             Balancer::LeastConnections(LeastConnections::new(&tier)),
             Balancer::TwoChoices(TwoChoices::new(&tier)),
-            Balancer::PeakEwma(PeakEwma::new(&tier, TAU)),
+            Balancer::PeakEwma(PeakEwma::new(&tier, decay())),
         ];
         for balancer in &balancers {
             for _ in 0..10 {
@@ -137,15 +151,12 @@ proptest! {
 #[test]
 fn peak_ewma_shares_equally_between_equal_servers() {
     for n in [2, 3, 5] {
-        let tier = tier_with(&vec![1; n], None, Some(Decay::new(TAU)));
+        let tier = tier_with(&vec![1; n], None, Some(decay()));
         for server in &tier {
             let sample = Duration::from_micros(250);
-            server
-                .state
-                .latency
-                .observe(sample, Instant::now(), Decay::new(TAU));
+            feed(server, sample);
         }
-        let ewma = PeakEwma::new(&tier, TAU);
+        let ewma = PeakEwma::new(&tier, decay());
         let counts = firsts(&ewma, &tier, 100_000);
         assert!(near_weight_shares(&counts, &vec![1; n]), "{counts:?}");
     }

@@ -7,7 +7,7 @@
 //! After the first pick, further candidates go round the tier from there, so a retry tries every
 //! other member once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::{PickContext, Preferred, Strategy};
@@ -21,7 +21,11 @@ struct CachePadded<T>(T);
 /// The precomputed cycle and its cursor.
 pub struct RoundRobin {
     cycle: Box<[u32]>,
-    cursor: CachePadded<AtomicUsize>,
+    /// `cursor mod cycle.len()` without a division (Lemire's fastmod: the cursor times this, then the
+    /// high half of that times the length).
+    fastmod: u64,
+    /// Picks so far, wrapping at 2³²: one cycle in four billion picks is cut short, no more.
+    cursor: CachePadded<AtomicU32>,
 }
 
 impl RoundRobin {
@@ -33,9 +37,11 @@ impl RoundRobin {
 
     /// Builds the cycle for members with these weights (each ≥ 1).
     pub fn with_weights(weights: &[u32]) -> Self {
+        let cycle = smooth_cycle(weights).into_boxed_slice();
         RoundRobin {
-            cycle: smooth_cycle(weights).into_boxed_slice(),
-            cursor: CachePadded(AtomicUsize::new(0)),
+            fastmod: fastmod_multiplier(cycle.len()),
+            cycle,
+            cursor: CachePadded(AtomicU32::new(0)),
         }
     }
 
@@ -45,8 +51,20 @@ impl RoundRobin {
             return None;
         }
         let step = self.cursor.0.fetch_add(1, Ordering::Relaxed);
-        Some(self.cycle[step % self.cycle.len()] as usize)
+        Some(self.cycle[fastmod(step, self.fastmod, self.cycle.len())] as usize)
     }
+}
+
+/// The multiplier for [`fastmod`] by `len` (≥ 1).
+fn fastmod_multiplier(len: usize) -> u64 {
+    (u64::MAX / (len as u64).max(1)).wrapping_add(1)
+}
+
+/// `step mod len` for `len` in 1..2³², by two multiplications (Lemire, Kaser, Kurz, "Faster
+/// Remainder by Direct Computation", 2019).
+fn fastmod(step: u32, multiplier: u64, len: usize) -> usize {
+    let low = multiplier.wrapping_mul(u64::from(step));
+    ((u128::from(low) * len as u128) >> 64) as usize
 }
 
 /// One full cycle of smooth weighted round robin: each step, every member gains its weight, the
@@ -143,6 +161,30 @@ mod tests {
 
     #[test]
     fn the_cursor_has_a_cache_line_to_itself() {
-        assert_eq!(std::mem::align_of::<CachePadded<AtomicUsize>>(), 128);
+        assert_eq!(std::mem::align_of::<CachePadded<AtomicU32>>(), 128);
+    }
+
+    #[test]
+    fn positions_are_the_step_modulo_the_cycle_length() {
+        for len in [
+            1usize,
+            2,
+            3,
+            7,
+            10,
+            1000,
+            65_537,
+            10_000_019,
+            u32::MAX as usize,
+        ] {
+            let multiplier = fastmod_multiplier(len);
+            for step in [0u32, 1, 2, 999, 65_536, 123_456_789, u32::MAX - 1, u32::MAX] {
+                assert_eq!(
+                    fastmod(step, multiplier, len),
+                    step as usize % len,
+                    "{step} mod {len}"
+                );
+            }
+        }
     }
 }

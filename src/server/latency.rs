@@ -8,9 +8,11 @@
 //! traffic is tried again instead of being shunned forever.
 //!
 //! The word packs the average (an `f32`, in microseconds) above the time of the last sample (a
-//! `u32` of milliseconds since the server's state was created; it wraps after 49.7 days, which
+//! `u32` of milliseconds on the upstream's clock, [`Decay::millis`]; it wraps after 49.7 days, which
 //! only matters for a server that got no sample for that long). Recording is one compare-and-swap
-//! loop; reading is one load.
+//! loop; reading is one load. All servers of an upstream share one clock, so a pick converts its
+//! time to milliseconds once, whatever the number of servers it costs, and skips the exponential
+//! when no millisecond has passed since a server's last sample.
 //!
 //! Workers stamp and read concurrently, so a stamp may be a little ahead of the time a reader or
 //! recorder took (a request takes its `now` when it starts; another worker's sample lands after
@@ -39,58 +41,74 @@ fn elapsed(now: u32, stamp: u32) -> u32 {
     }
 }
 
-/// The time constant of the average, kept as its inverse in milliseconds.
+/// How an upstream's averages age: the time constant (kept as its inverse in milliseconds) and the
+/// zero of the millisecond clock their samples are stamped with (one per upstream, kept across
+/// snapshots).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decay {
     per_ms: f64,
+    epoch: Instant,
 }
 
 impl Decay {
-    /// The decay with time constant `tau` (validated > 0 by the config).
-    pub fn new(tau: Duration) -> Self {
+    /// The decay with time constant `tau` (validated > 0 by the config) on a clock starting at
+    /// `epoch`.
+    pub fn new(tau: Duration, epoch: Instant) -> Self {
         Decay {
             per_ms: 1.0 / (tau.as_secs_f64() * 1000.0).max(1.0),
+            epoch,
         }
     }
 
+    /// `now` on the clock: milliseconds since the epoch, wrapping after 49.7 days by design (see
+    /// the module docs). No 128-bit division, unlike `Duration::as_millis`.
+    pub fn millis(&self, now: Instant) -> u32 {
+        let since = now.saturating_duration_since(self.epoch);
+        (since.as_secs() as u32)
+            .wrapping_mul(1000)
+            .wrapping_add(since.subsec_millis())
+    }
+
     /// The weight an average `elapsed_ms` old keeps: e^(−Δt/τ).
-    fn keep(self, elapsed_ms: u32) -> f64 {
+    fn keep(&self, elapsed_ms: u32) -> f64 {
+        if elapsed_ms == 0 {
+            return 1.0;
+        }
         (-f64::from(elapsed_ms) * self.per_ms).exp()
     }
 }
 
 /// The average and when it was last fed (see the module docs).
 pub struct Latency {
-    epoch: Instant,
     word: AtomicU64,
 }
 
+impl Default for Latency {
+    fn default() -> Self {
+        Latency::new()
+    }
+}
+
 impl Latency {
-    /// An average with no sample yet; `epoch` is the zero of its clock.
-    pub fn new(epoch: Instant) -> Self {
+    /// An average with no sample yet.
+    pub fn new() -> Self {
         Latency {
-            epoch,
             word: AtomicU64::new(EMPTY),
         }
     }
 
-    fn millis(&self, now: Instant) -> u32 {
-        // Wraps after 49.7 days by design (see the module docs).
-        now.saturating_duration_since(self.epoch).as_millis() as u32
-    }
-
-    /// The average at `now` in microseconds, decayed since its last sample; `None` before the
-    /// first sample.
-    pub fn average_at(&self, now: Instant, decay: Decay) -> Option<f64> {
+    /// The average in microseconds at `now_ms` ([`Decay::millis`]), decayed since its last sample;
+    /// `None` before the first sample.
+    pub fn average_at(&self, now_ms: u32, decay: &Decay) -> Option<f64> {
         let word = self.word.load(Ordering::Relaxed);
         let (average, stamp) = unpack(word)?;
-        Some(average * decay.keep(elapsed(self.millis(now), stamp)))
+        Some(average * decay.keep(elapsed(now_ms, stamp)))
     }
 
-    /// Feeds one response time observed at `now`.
-    pub fn observe(&self, sample: Duration, now: Instant, decay: Decay) {
+    /// Feeds one response time observed at `now_ms` ([`Decay::millis`]).
+    pub fn observe(&self, sample: Duration, now_ms: u32, decay: &Decay) {
         let sample = sample.as_secs_f64() * 1e6;
-        let stamp = self.millis(now);
+        let stamp = now_ms;
         // Err only when the closure declines, which it never does.
         let _ = self
             .word
@@ -139,78 +157,109 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn there_is_no_average_before_the_first_sample() {
-        let latency = Latency::new(Instant::now());
-        assert_eq!(latency.average_at(Instant::now(), Decay::new(TAU)), None);
-        latency.observe(ms(3), Instant::now(), Decay::new(TAU));
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
         assert_eq!(
-            latency.average_at(Instant::now(), Decay::new(TAU)),
+            latency.average_at(decay.millis(Instant::now()), &decay),
+            None
+        );
+        latency.observe(ms(3), decay.millis(Instant::now()), &decay);
+        assert_eq!(
+            latency.average_at(decay.millis(Instant::now()), &decay),
             Some(3000.0)
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_sample_replaces_the_average_at_once() {
-        let decay = Decay::new(TAU);
-        let latency = Latency::new(Instant::now());
-        latency.observe(ms(1), Instant::now(), decay);
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
+        latency.observe(ms(1), decay.millis(Instant::now()), &decay);
         tokio::time::advance(ms(5)).await;
-        latency.observe(ms(50), Instant::now(), decay);
-        assert_eq!(latency.average_at(Instant::now(), decay), Some(50_000.0));
+        latency.observe(ms(50), decay.millis(Instant::now()), &decay);
+        assert_eq!(
+            latency.average_at(decay.millis(Instant::now()), &decay),
+            Some(50_000.0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fast_sample_moves_the_average_by_the_elapsed_share_of_tau() {
-        let decay = Decay::new(TAU);
-        let latency = Latency::new(Instant::now());
-        latency.observe(ms(50), Instant::now(), decay);
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
+        latency.observe(ms(50), decay.millis(Instant::now()), &decay);
         tokio::time::advance(TAU).await;
-        latency.observe(ms(10), Instant::now(), decay);
+        latency.observe(ms(10), decay.millis(Instant::now()), &decay);
         // 50 ms keeps e^-1 of its weight after one τ; the new 10 ms sample has the rest.
         let expected = 50_000.0 * (-1f64).exp() + 10_000.0 * (1.0 - (-1f64).exp());
-        let got = latency.average_at(Instant::now(), decay).unwrap();
+        let got = latency
+            .average_at(decay.millis(Instant::now()), &decay)
+            .unwrap();
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_samples_the_average_decays_toward_zero() {
-        let decay = Decay::new(TAU);
-        let latency = Latency::new(Instant::now());
-        latency.observe(ms(50), Instant::now(), decay);
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
+        latency.observe(ms(50), decay.millis(Instant::now()), &decay);
         tokio::time::advance(TAU * 2).await;
-        let got = latency.average_at(Instant::now(), decay).unwrap();
+        let got = latency
+            .average_at(decay.millis(Instant::now()), &decay)
+            .unwrap();
         let expected = 50_000.0 * (-2f64).exp();
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
         tokio::time::advance(TAU * 100).await;
-        assert!(latency.average_at(Instant::now(), decay).unwrap() < 1e-30);
+        assert!(
+            latency
+                .average_at(decay.millis(Instant::now()), &decay)
+                .unwrap()
+                < 1e-30
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_sample_stamped_after_the_reading_time_counts_as_just_now() {
         // A request takes its `now` when it starts; another worker may record a sample on the
         // server a moment later, in a later millisecond, before this request reads the average.
-        let decay = Decay::new(TAU);
-        let latency = Latency::new(Instant::now());
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
         let request_start = Instant::now();
         tokio::time::advance(ms(2)).await;
-        latency.observe(ms(50), Instant::now(), decay);
-        assert_eq!(latency.average_at(request_start, decay), Some(50_000.0));
+        latency.observe(ms(50), decay.millis(Instant::now()), &decay);
+        assert_eq!(
+            latency.average_at(decay.millis(request_start), &decay),
+            Some(50_000.0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_sample_that_lands_after_a_later_one_keeps_its_peak() {
         // Two workers record at once: the one that read the clock first wins the word second.
-        let decay = Decay::new(TAU);
-        let latency = Latency::new(Instant::now());
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
         let first_clock = Instant::now();
         tokio::time::advance(ms(2)).await;
-        latency.observe(ms(50), Instant::now(), decay);
-        latency.observe(ms(1), first_clock, decay);
-        assert_eq!(latency.average_at(Instant::now(), decay), Some(50_000.0));
+        latency.observe(ms(50), decay.millis(Instant::now()), &decay);
+        latency.observe(ms(1), decay.millis(first_clock), &decay);
+        assert_eq!(
+            latency.average_at(decay.millis(Instant::now()), &decay),
+            Some(50_000.0)
+        );
         // And the clock of the average did not go back: it decays from the later sample.
         tokio::time::advance(TAU).await;
-        let got = latency.average_at(Instant::now(), decay).unwrap();
+        let got = latency
+            .average_at(decay.millis(Instant::now()), &decay)
+            .unwrap();
         let expected = 50_000.0 * (-1f64).exp();
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_counts_milliseconds_from_its_epoch() {
+        let decay = Decay::new(TAU, Instant::now());
+        tokio::time::advance(Duration::from_millis(61_234)).await;
+        assert_eq!(decay.millis(Instant::now()), 61_234);
     }
 
     #[test]

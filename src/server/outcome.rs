@@ -63,8 +63,8 @@ impl InFlight {
         let elapsed = now.saturating_duration_since(started);
         let state = &self.server.state;
         state.metrics.response_seconds.record(elapsed.as_secs_f64());
-        if let Some(decay) = self.server.recording.latency_decay {
-            state.latency.observe(elapsed, now, decay);
+        if let Some(decay) = &self.server.recording.latency_decay {
+            state.latency.observe(elapsed, decay.millis(now), decay);
         }
     }
 

@@ -44,7 +44,7 @@ impl ServerState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
-            latency: Latency::new(Instant::now()),
+            latency: Latency::new(),
             metrics: ServerMetrics::new(upstream, address),
             life: Mutex::new(Life::default()),
         }
