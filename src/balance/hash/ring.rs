@@ -34,13 +34,9 @@ impl Ring {
     /// The ring over `tier`, by configured weight.
     pub fn new(tier: &[Arc<Server>]) -> Self {
         let order = sorted_by_address(tier);
-        let total: usize = tier
-            .iter()
-            .map(|s| (s.config.weight * POINTS_PER_WEIGHT) as usize)
-            .sum();
         // Point and rank by address in one integer, sorted as one: equal points, if ever, fall
         // in address order.
-        let mut all: Vec<u64> = Vec::with_capacity(total);
+        let mut all: Vec<u64> = Vec::new();
         let mut name = String::new();
         for (rank, &pos) in order.iter().enumerate() {
             let server = &tier[pos];

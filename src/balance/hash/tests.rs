@@ -184,6 +184,10 @@ fn an_unchanged_tier_shares_the_previous_table_and_a_change_rebuilds_it() {
     let mut reweighted = tier.clone();
     reweighted[2] = crate::balance::testing::tier(&[1, 2, 4])[2].clone();
     assert!(!first.shares_table(&build(&reweighted, 3, Some(&first))));
+    let mut replaced = tier.clone();
+    replaced[1] = crate::balance::testing::tier(&[1, 2, 3, 2])[3].clone();
+    assert_eq!(replaced[1].config.weight, tier[1].config.weight);
+    assert!(!first.shares_table(&build(&replaced, 3, Some(&first))));
     let ring = ConsistentHash::with(
         &config(HashKey::ClientIp, HashAlgorithm::Ring, 0.0),
         &tier,
