@@ -295,7 +295,7 @@ fn bounded_loads_hold_under_concurrency() {
     let tier = tier_with(&weights, Some(Arc::clone(&total)), None);
     let (s, _) = strategy(&config(user_header(), HashAlgorithm::Maglev, c), &tier);
     // Users whose key the first server owns.
-    let hot: Vec<Parts> = (0..)
+    let hot: Vec<Parts> = (0..1000)
         .map(|u| head(Some(&format!("user-{u}"))))
         .filter(|h| {
             let ctx = PickContext {
@@ -306,6 +306,7 @@ fn bounded_loads_hold_under_concurrency() {
         })
         .take(16)
         .collect();
+    assert_eq!(hot.len(), 16, "users spread over the servers");
     let max_seen: Vec<AtomicU32> = weights.iter().map(|_| AtomicU32::new(0)).collect();
     let elsewhere = AtomicU32::new(0);
     std::thread::scope(|scope| {
