@@ -177,6 +177,16 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_count_sizes_the_table_not_the_tier() {
+        assert_eq!(
+            Maglev::new(&tier(&[1, 1, 1]), 1000).entries().len(),
+            100_003
+        );
+        // A tier larger than the count given (never from a valid config) still fits its table.
+        assert_eq!(Maglev::new(&tier(&[1; 700]), 1).entries().len(), 70_001);
+    }
+
+    #[test]
     fn entries_map_keys_uniformly() {
         let table = Maglev::new(&tier(&[1]), 1);
         assert_eq!(table.entry(0), 0);

@@ -103,12 +103,10 @@ impl Table {
             })
     }
 
-    /// The key's candidates over the tier the table was built on.
+    /// The key's candidates over the tier the table was built on (none for an empty tier, whose
+    /// table is empty).
     fn walk(&self, key_hash: u64) -> Walk<'_> {
         let len = self.members.len();
-        if len == 0 {
-            return Walk::new(&[], 0, 0);
-        }
         match &self.lookup {
             Lookup::Maglev(m) => Walk::new(m.entries(), len, m.entry(key_hash)),
             Lookup::Ring(r) => Walk::new(r.members(), len, r.point(key_hash)),

@@ -34,25 +34,30 @@ impl Ring {
     /// The ring over `tier`, by configured weight.
     pub fn new(tier: &[Arc<Server>]) -> Self {
         let order = sorted_by_address(tier);
-        let total: usize = tier
-            .iter()
-            .map(|s| (s.config.weight * POINTS_PER_WEIGHT) as usize)
-            .sum();
-        // (point, rank by address, tier position): equal points, if ever, fall in address order.
-        let mut all: Vec<(u32, u32, u32)> = Vec::with_capacity(total);
+        // Point and rank by address in one integer, sorted as one: equal points, if ever, fall
+        // in address order.
+        let mut all: Vec<u64> = Vec::new();
         let mut name = String::new();
         for (rank, &pos) in order.iter().enumerate() {
             let server = &tier[pos];
+            name.clear();
+            name.push_str(&server.config.address);
+            name.push('#');
+            let prefix = name.len();
             for i in 0..server.config.weight * POINTS_PER_WEIGHT {
-                name.clear();
-                write!(name, "{}#{i}", server.config.address).expect("a String takes any text");
-                all.push((top(hash(name.as_bytes(), SEED)), rank as u32, pos as u32));
+                name.truncate(prefix);
+                write!(name, "{i}").expect("a String takes any text");
+                let point = top(hash(name.as_bytes(), SEED));
+                all.push(u64::from(point) << 32 | rank as u64);
             }
         }
         all.sort_unstable();
         Ring {
-            points: all.iter().map(|&(point, _, _)| point).collect(),
-            members: all.iter().map(|&(_, _, pos)| pos).collect(),
+            points: all.iter().map(|&p| (p >> 32) as u32).collect(),
+            members: all
+                .iter()
+                .map(|&p| order[p as u32 as usize] as u32)
+                .collect(),
         }
     }
 

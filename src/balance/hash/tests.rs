@@ -184,6 +184,10 @@ fn an_unchanged_tier_shares_the_previous_table_and_a_change_rebuilds_it() {
     let mut reweighted = tier.clone();
     reweighted[2] = crate::balance::testing::tier(&[1, 2, 4])[2].clone();
     assert!(!first.shares_table(&build(&reweighted, 3, Some(&first))));
+    let mut replaced = tier.clone();
+    replaced[1] = crate::balance::testing::tier(&[1, 2, 3, 2])[3].clone();
+    assert_eq!(replaced[1].config.weight, tier[1].config.weight);
+    assert!(!first.shares_table(&build(&replaced, 3, Some(&first))));
     let ring = ConsistentHash::with(
         &config(HashKey::ClientIp, HashAlgorithm::Ring, 0.0),
         &tier,
@@ -291,7 +295,7 @@ fn bounded_loads_hold_under_concurrency() {
     let tier = tier_with(&weights, Some(Arc::clone(&total)), None);
     let (s, _) = strategy(&config(user_header(), HashAlgorithm::Maglev, c), &tier);
     // Users whose key the first server owns.
-    let hot: Vec<Parts> = (0..)
+    let hot: Vec<Parts> = (0..1000)
         .map(|u| head(Some(&format!("user-{u}"))))
         .filter(|h| {
             let ctx = PickContext {
@@ -302,6 +306,7 @@ fn bounded_loads_hold_under_concurrency() {
         })
         .take(16)
         .collect();
+    assert_eq!(hot.len(), 16, "users spread over the servers");
     let max_seen: Vec<AtomicU32> = weights.iter().map(|_| AtomicU32::new(0)).collect();
     let elsewhere = AtomicU32::new(0);
     std::thread::scope(|scope| {
