@@ -1,10 +1,11 @@
 //! Weighted random draws in constant time (Vose's alias method), from the calling worker's own
 //! generator (`fastrand`'s thread-local wyrand: no lock, no syscall).
 //!
-//! Built once per snapshot: each of the n slots holds a threshold and an alias. A draw takes one
-//! 64-bit random number: its high half picks a slot uniformly, its low half compared with the
-//! slot's threshold picks the slot's own member or its alias. Member i comes out with probability
-//! weight_i / Σ weight, exact to 2⁻³².
+//! Built once per snapshot: each of the n slots holds a threshold and an alias. A draw takes 32
+//! random bits r: the high half of r × n picks a slot uniformly, and its low half (uniform within
+//! the slot, in steps of n × 2⁻³²) compared with the slot's threshold picks the slot's own member or
+//! its alias. Member i comes out with probability weight_i / Σ weight, to within n × 2⁻³². One
+//! 64-bit number from the generator makes both draws of a pair, so a pair costs one call.
 
 use std::sync::Arc;
 
@@ -52,10 +53,15 @@ impl WeightedDraw {
 
     /// One weighted draw: a position in the tier. The tier must not be empty.
     pub fn draw(&self) -> usize {
-        let random = fastrand::u64(..);
-        let slot = (((random >> 32) * self.slots.len() as u64) >> 32) as usize;
+        self.draw_with(fastrand::u32(..))
+    }
+
+    /// The draw that the 32 random bits `random` make (see the module docs).
+    fn draw_with(&self, random: u32) -> usize {
+        let scaled = u64::from(random) * self.slots.len() as u64;
+        let slot = (scaled >> 32) as usize;
         let (threshold, alias) = self.slots[slot];
-        if (random as u32) < threshold {
+        if (scaled as u32) < threshold {
             slot
         } else {
             alias as usize
@@ -66,12 +72,17 @@ impl WeightedDraw {
     /// while it equals the first; then the member after the first is taken). A one-member tier
     /// gives that member and `None`.
     pub fn draw_two(&self) -> (usize, Option<usize>) {
-        let first = self.draw();
+        let random = fastrand::u64(..);
+        let first = self.draw_with((random >> 32) as u32);
         let len = self.slots.len();
         if len == 1 {
             return (first, None);
         }
-        for _ in 0..4 {
+        let second = self.draw_with(random as u32);
+        if second != first {
+            return (first, Some(second));
+        }
+        for _ in 0..3 {
             let second = self.draw();
             if second != first {
                 return (first, Some(second));
@@ -125,6 +136,22 @@ mod tests {
     fn draws_follow_the_weights() {
         let got = shares(&[1, 3], 40_000);
         assert!((got[0] - 0.25).abs() < 0.02, "{got:?}");
+    }
+
+    #[test]
+    fn both_halves_of_a_pair_follow_the_weights() {
+        let table = WeightedDraw::with_weights(&[1, 3]);
+        let (mut firsts, mut seconds) = ([0usize; 2], [0usize; 2]);
+        for i in 0..40_000u64 {
+            // Draw the pair from fixed, spread bits rather than the generator.
+            let random = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            firsts[table.draw_with((random >> 32) as u32)] += 1;
+            seconds[table.draw_with(random as u32)] += 1;
+        }
+        for counts in [firsts, seconds] {
+            let share = counts[1] as f64 / 40_000.0;
+            assert!((share - 0.75).abs() < 0.02, "{counts:?}");
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub const MEDIAN_SAMPLE: usize = 15;
 /// The average used when no member has a sample: then cost compares load alone.
 const NO_SAMPLES_US: f64 = 1.0;
 
-/// Averages below this (1 ns) count as this, so that decayed-to-nothing averages still compare
-/// by load instead of all costing zero.
+/// Averages below this (1 ns) count as this, so that an average of zero (a sample that took no
+/// measurable time) still compares by load instead of costing zero whatever the load.
 const FLOOR_US: f64 = 1e-3;
 
 /// Two weighted draws, the lower latency × load wins.
@@ -30,18 +30,22 @@ pub struct PeakEwma {
     decay: Decay,
 }
 
-/// A member's cost as a fraction, so that two costs compare by cross-multiplying, not dividing.
+/// A member's cost, load × e^(−age/τ) / weight, kept apart so that two costs compare by
+/// cross-multiplying and with one exponential of the difference of their ages.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
-    /// average × (in_flight + 1)
+    /// The average as last fed (at least [`FLOOR_US`]) × (in_flight + 1).
     load: f64,
+    /// How long ago the average was fed, in milliseconds.
+    age_ms: u32,
     /// The effective weight.
     weight: f64,
 }
 
 impl Cost {
-    fn below(self, other: Cost) -> bool {
-        self.load * other.weight < other.load * self.weight
+    fn below(self, other: Cost, decay: &Decay) -> bool {
+        let newer_by = i64::from(other.age_ms) - i64::from(self.age_ms);
+        self.load * other.weight * decay.gain(newer_by) < other.load * self.weight
     }
 }
 
@@ -54,16 +58,17 @@ impl PeakEwma {
         }
     }
 
-    /// average × (in_flight + 1) / weight at `now_ms`, the average standing in as described above.
+    /// average × (in_flight + 1) / weight at `now_ms`, the median standing in as described above.
     fn cost(&self, tier: &[Arc<Server>], pos: usize, now_ms: u32) -> Cost {
         let server = &tier[pos];
-        let average = server
+        let (average, age_ms) = server
             .state
             .latency
-            .average_at(now_ms, &self.decay)
-            .unwrap_or_else(|| self.median_of_others(tier, pos, now_ms));
+            .fed(now_ms)
+            .unwrap_or_else(|| (self.median_of_others(tier, pos, now_ms), 0));
         Cost {
             load: average.max(FLOOR_US) * f64::from(server.in_flight() + 1),
+            age_ms,
             weight: f64::from(server.effective_weight_tenths()),
         }
     }
@@ -104,7 +109,10 @@ impl Strategy for PeakEwma {
             return Preferred::new(tier.len(), a, None);
         };
         let now_ms = self.decay.millis(ctx.now);
-        if self.cost(tier, b, now_ms).below(self.cost(tier, a, now_ms)) {
+        if self
+            .cost(tier, b, now_ms)
+            .below(self.cost(tier, a, now_ms), &self.decay)
+        {
             Preferred::new(tier.len(), b, Some(a))
         } else {
             Preferred::new(tier.len(), a, Some(b))
@@ -152,7 +160,7 @@ mod tests {
     /// The cost as one number, for assertions.
     fn cost(ewma: &PeakEwma, tier: &[Arc<Server>], pos: usize) -> f64 {
         let cost = ewma.cost(tier, pos, ewma.decay.millis(Instant::now()));
-        cost.load / cost.weight
+        cost.load * ewma.decay.keep(cost.age_ms) / cost.weight
     }
 
     fn firsts(ewma: &PeakEwma, tier: &[Arc<Server>], n: usize) -> Vec<usize> {

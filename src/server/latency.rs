@@ -70,11 +70,20 @@ impl Decay {
     }
 
     /// The weight an average `elapsed_ms` old keeps: e^(−Δt/τ).
-    fn keep(&self, elapsed_ms: u32) -> f64 {
+    pub fn keep(&self, elapsed_ms: u32) -> f64 {
         if elapsed_ms == 0 {
             return 1.0;
         }
         (-f64::from(elapsed_ms) * self.per_ms).exp()
+    }
+
+    /// e^(Δt/τ) for `ms` = Δt, which may be negative: how much more one average keeps than another
+    /// `ms` older, so that comparing two decayed averages takes one exponential, not two.
+    pub fn gain(&self, ms: i64) -> f64 {
+        if ms == 0 {
+            return 1.0;
+        }
+        (ms as f64 * self.per_ms).exp()
     }
 }
 
@@ -103,6 +112,13 @@ impl Latency {
         let word = self.word.load(Ordering::Relaxed);
         let (average, stamp) = unpack(word)?;
         Some(average * decay.keep(elapsed(now_ms, stamp)))
+    }
+
+    /// The average in microseconds as last fed, and how many milliseconds before `now_ms` that was
+    /// (decay it with [`Decay::keep`]); `None` before the first sample.
+    pub fn fed(&self, now_ms: u32) -> Option<(f64, u32)> {
+        let (average, stamp) = unpack(self.word.load(Ordering::Relaxed))?;
+        Some((average, elapsed(now_ms, stamp)))
     }
 
     /// Feeds one response time observed at `now_ms` ([`Decay::millis`]).
@@ -253,6 +269,27 @@ mod tests {
             .unwrap();
         let expected = 50_000.0 * (-1f64).exp();
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fed_tells_the_average_and_its_age() {
+        let decay = Decay::new(TAU, Instant::now());
+        let latency = Latency::new();
+        assert_eq!(latency.fed(0), None);
+        latency.observe(ms(4), decay.millis(Instant::now()), &decay);
+        tokio::time::advance(ms(1500)).await;
+        assert_eq!(
+            latency.fed(decay.millis(Instant::now())),
+            Some((4000.0, 1500))
+        );
+    }
+
+    #[test]
+    fn gain_is_the_inverse_of_keep() {
+        let decay = Decay::new(TAU, Instant::now());
+        assert_eq!(decay.gain(0), 1.0);
+        assert!((decay.gain(10_000) - 1f64.exp()).abs() < 1e-12);
+        assert!((decay.gain(-3000) - decay.keep(3000)).abs() < 1e-12);
     }
 
     #[tokio::test(start_paused = true)]
