@@ -64,9 +64,10 @@ impl Iterator for Walk<'_> {
             self.steps -= 1;
             if !self.seen(member) {
                 if self.seen_len == 0 {
-                    // The rotation covers the other members, starting after the owner.
+                    // The rotation goes once round the tier from after the owner (which it skips,
+                    // as seen, at the end).
                     self.next = (member as usize + 1) % self.len;
-                    self.left = self.len - 1;
+                    self.left = self.len;
                 }
                 self.seen[self.seen_len] = member;
                 self.seen_len += 1;
