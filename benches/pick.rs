@@ -94,7 +94,10 @@ fn loaded(strategy: StrategyKind, servers: usize) -> (Arc<Upstream>, Vec<InFligh
         .map(|(i, server)| {
             let sample = Duration::from_micros(1000 + 1000 * (i as u64 % 5));
             if let Some(decay) = &server.recording.latency_decay {
-                server.state.latency.observe(sample, decay.millis(now), decay);
+                server
+                    .state
+                    .latency
+                    .observe(sample, decay.millis(now), decay);
             }
             server.try_acquire().expect("no max_connections")
         })
