@@ -52,7 +52,7 @@ pub fn table_size(servers: usize) -> usize {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|&d| d <= n / d).all(|d| n % d != 0)
 }
 
 /// One member's place in the build: its next preferred entry, its stride, and its credit.
