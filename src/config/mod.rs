@@ -5,6 +5,7 @@
 
 mod error;
 mod fault;
+mod limits;
 mod raw;
 mod strategy;
 mod validate;
@@ -19,6 +20,7 @@ use http::{HeaderMap, StatusCode};
 pub use error::Error;
 use error::Source;
 pub use fault::{CheckKind, EjectionConfig, ExpectStatus, HealthCheckConfig, RetryOn};
+pub use limits::HttpLimits;
 pub use strategy::{HashAlgorithm, HashConfig, HashKey, StrategyKind};
 
 /// The validated configuration of the whole daemon.
@@ -78,6 +80,11 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// One SO_REUSEPORT socket per worker (true) or one socket shared by all workers (false).
     pub reuse_port: bool,
+    /// http: how long a keep-alive connection may idle between requests, and the longest silence
+    /// during a request body; tcp: the longest a session may pass no byte either way.
+    pub idle_timeout: std::time::Duration,
+    /// http: what a request may be and how long its head may take.
+    pub http: HttpLimits,
 }
 
 /// What a listener does with a request.

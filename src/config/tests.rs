@@ -129,11 +129,11 @@ servers = []
 fn reserved_keys_say_not_supported_yet() {
     let text = GOOD.replace(
         "upstream = \"app\"\n",
-        "upstream = \"app\"\nidle_timeout = \"5s\"\n",
+        "upstream = \"app\"\naccess_log = \"stdout\"\n",
     );
     let (line, key, message) = error_of(&text);
     assert_eq!(line, 13);
-    assert_eq!(key, "listeners.web.idle_timeout");
+    assert_eq!(key, "listeners.web.access_log");
     assert!(message.contains("not supported yet"), "{message}");
 }
 

@@ -146,22 +146,15 @@ impl Validator<'_> {
     fn listener(
         &self,
         name: &str,
-        l: raw::Listener,
+        mut l: raw::Listener,
         upstreams: &[UpstreamConfig],
         bound: &mut HashMap<SocketAddr, String>,
     ) -> Result<ListenerConfig, Error> {
         let key = |k: &str| format!("listeners.{name}.{k}");
         for (k, v) in [
-            ("client_header_timeout", &l.client_header_timeout),
-            ("idle_timeout", &l.idle_timeout),
             ("access_log", &l.access_log),
             ("access_log_format", &l.access_log_format),
             ("tracing", &l.tracing),
-            ("max_request_head_bytes", &l.max_request_head_bytes),
-            ("max_request_headers", &l.max_request_headers),
-            ("max_uri_bytes", &l.max_uri_bytes),
-            ("max_body_bytes", &l.max_body_bytes),
-            ("allow_underscore_headers", &l.allow_underscore_headers),
             ("trust_forwarded_from", &l.trust_forwarded_from),
         ] {
             self.reserved(&key(k), v)?;
@@ -177,6 +170,7 @@ impl Validator<'_> {
                 ))
             }
         };
+        let (idle_timeout, http) = self.limits(name, mode, &mut l)?;
         let bind_span = l.bind.span();
         let texts = match l.bind.into_inner() {
             raw::OneOrMany::One(s) => vec![s],
@@ -257,6 +251,8 @@ impl Validator<'_> {
             target,
             backlog,
             reuse_port: l.reuse_port.unwrap_or(true),
+            idle_timeout,
+            http,
         })
     }
 

@@ -6,6 +6,7 @@
 //!
 //! [`InFlight`]: crate::server::InFlight
 
+pub mod buffer;
 mod error;
 pub mod http;
 pub mod tcp;
