@@ -20,7 +20,7 @@ use http::{HeaderMap, StatusCode};
 pub use error::Error;
 use error::Source;
 pub use fault::{CheckKind, EjectionConfig, ExpectStatus, HealthCheckConfig, RetryOn};
-pub use limits::HttpLimits;
+pub use limits::{HttpLimits, MOST_REQUEST_HEADERS};
 pub use strategy::{HashAlgorithm, HashConfig, HashKey, StrategyKind};
 
 /// The validated configuration of the whole daemon.

@@ -8,6 +8,7 @@
 
 pub mod buffer;
 mod error;
+pub mod h1;
 pub mod http;
 pub mod tcp;
 
