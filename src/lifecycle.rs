@@ -28,6 +28,11 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
+    /// Whether shutdown has been fired (a connection then closes after the request in flight).
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves once shutdown has been fired (at once if it already was).
     pub async fn wait(&mut self) {
         // An error means the trigger is gone, which only happens when the process is ending.

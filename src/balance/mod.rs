@@ -40,9 +40,47 @@ pub struct PickContext<'a> {
     /// The client's address as seen by the listener.
     pub client: SocketAddr,
     /// The request head in http mode; `None` in tcp mode.
-    pub head: Option<&'a http::request::Parts>,
+    pub head: Option<&'a dyn RequestView>,
     /// When the request (or connection) started; peak EWMA decays its averages to this instant.
     pub now: Instant,
+}
+
+/// What a strategy may read of a request head, whatever protocol carried it (an HTTP/1 head
+/// parsed in place, or an h2 request's parts), so that keys are borrowed and nothing is copied.
+pub trait RequestView: Sync {
+    /// The path and query as sent (`:path` in h2; the origin-form part of an HTTP/1 target).
+    fn path_and_query(&self) -> &[u8];
+    /// The first value of the header called `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The first `Some` that `find` returns over the values of the header called `name`, in order.
+    fn find_in_values<'s>(
+        &'s self,
+        name: &str,
+        find: &mut dyn FnMut(&'s [u8]) -> Option<&'s [u8]>,
+    ) -> Option<&'s [u8]>;
+}
+
+impl RequestView for http::request::Parts {
+    fn path_and_query(&self) -> &[u8] {
+        self.uri
+            .path_and_query()
+            .map_or(&[][..], |pq| pq.as_str().as_bytes())
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+
+    fn find_in_values<'s>(
+        &'s self,
+        name: &str,
+        find: &mut dyn FnMut(&'s [u8]) -> Option<&'s [u8]>,
+    ) -> Option<&'s [u8]> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .find_map(|v| find(v.as_bytes()))
+    }
 }
 
 /// A way of choosing among the members of a tier.

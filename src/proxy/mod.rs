@@ -13,10 +13,11 @@ pub mod http;
 pub mod tcp;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::ProxyError;
 
-use crate::config::{ListenerConfig, RespondConfig, Target};
+use crate::config::{HttpLimits, ListenerConfig, RespondConfig, Target};
 use crate::lifecycle::Tracker;
 use crate::metrics::{CodeCounters, ListenerMetrics};
 use crate::table::Upstream;
@@ -44,6 +45,11 @@ pub struct ListenerCtx {
     pub metrics: ListenerMetrics,
     /// The daemon's count of in-flight work (connections and tunnels), for the shutdown drain.
     pub tracker: Tracker,
+    /// http: the longest idle between requests and silence during a body; tcp: the longest a
+    /// session may pass no byte either way.
+    pub idle_timeout: Duration,
+    /// http: what a request may be and how long its head may take.
+    pub http: HttpLimits,
 }
 
 impl ListenerCtx {
@@ -73,6 +79,8 @@ impl ListenerCtx {
             name,
             route,
             tracker,
+            idle_timeout: config.idle_timeout,
+            http: config.http,
         }
     }
 }

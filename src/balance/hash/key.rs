@@ -11,10 +11,7 @@
 
 use std::net::IpAddr;
 
-use http::header::COOKIE;
-use http::request::Parts;
-use http::HeaderMap;
-
+use crate::balance::RequestView;
 use crate::config::HashKey;
 
 /// Where one request's hash comes from.
@@ -29,17 +26,22 @@ pub enum Source<'h> {
 }
 
 /// Where the hash of a request with `head` (`None` in tcp mode) comes from under `key`.
-pub fn source<'h>(key: &HashKey, head: Option<&'h Parts>) -> Source<'h> {
+pub fn source<'h>(key: &HashKey, head: Option<&'h dyn RequestView>) -> Source<'h> {
     let Some(head) = head else {
         return Source::ClientIp;
     };
+    let target = head.path_and_query();
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
+        None => (target, None),
+    };
     let value = match key {
         HashKey::ClientIp => return Source::ClientIp,
-        HashKey::Uri => head.uri.path_and_query().map(|pq| pq.as_str().as_bytes()),
-        HashKey::Path => Some(head.uri.path().as_bytes()),
-        HashKey::Header(name) => head.headers.get(name).map(|v| v.as_bytes()),
-        HashKey::Cookie(name) => cookie(&head.headers, name.as_bytes()),
-        HashKey::Query(name) => head.uri.query().and_then(|q| query(q, name.as_bytes())),
+        HashKey::Uri => Some(target),
+        HashKey::Path => Some(path),
+        HashKey::Header(name) => head.header(name.as_str()),
+        HashKey::Cookie(name) => cookie(head, name.as_bytes()),
+        HashKey::Query(name) => query.and_then(|q| self::query(q, name.as_bytes())),
     };
     match value {
         Some(bytes) if !bytes.is_empty() => Source::Key(bytes),
@@ -48,21 +50,19 @@ pub fn source<'h>(key: &HashKey, head: Option<&'h Parts>) -> Source<'h> {
 }
 
 /// The value of the first cookie called `name` in the `Cookie` headers (`a=1; b=2`).
-fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
+fn cookie<'h>(head: &'h dyn RequestView, name: &[u8]) -> Option<&'h [u8]> {
+    head.find_in_values("cookie", &mut |value| {
+        value.split(|&b| b == b';').find_map(|pair| {
             let (n, v) = split_once(pair, b'=')?;
             (trim(n) == name).then(|| trim(v))
         })
+    })
 }
 
 /// The raw value of the first parameter called `name` in `query` (`a=1&b=2`); a bare `name`
 /// has the empty value.
-fn query<'q>(query: &'q str, name: &[u8]) -> Option<&'q [u8]> {
-    query.as_bytes().split(|&b| b == b'&').find_map(|param| {
+fn query<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
+    query.split(|&b| b == b'&').find_map(|param| {
         let (n, v) = split_once(param, b'=').unwrap_or((param, &[]));
         (n == name).then_some(v)
     })
@@ -119,6 +119,7 @@ impl IpBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::request::Parts;
     use http::{HeaderName, Request};
 
     fn head(target: &str, headers: &[(&str, &str)]) -> Parts {
@@ -130,7 +131,7 @@ mod tests {
     }
 
     fn of<'h>(key: &HashKey, head: &'h Parts) -> Source<'h> {
-        source(key, Some(head))
+        source(key, Some(head as &dyn RequestView))
     }
 
     #[test]

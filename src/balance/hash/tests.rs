@@ -61,7 +61,7 @@ fn head(user: Option<&str>) -> Parts {
 fn at<'h>(client: &str, head: Option<&'h Parts>) -> PickContext<'h> {
     PickContext {
         client: client.parse().unwrap(),
-        head,
+        head: head.map(|h| h as &dyn crate::balance::RequestView),
         now: Instant::now(),
     }
 }

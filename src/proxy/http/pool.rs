@@ -4,8 +4,11 @@
 //! no shared cache line; a worker's requests reuse the worker's connections. Connections are keyed by
 //! the server's socket address. The newest idle connection is reused first (it is the least likely
 //! to have been closed by the server), and one idle longer than `pool_idle_timeout` is closed, both
-//! when it is found on checkout and by a sweep each second, so Fulcrum closes it before a server's
-//! own keep-alive timeout does.
+//! when it is found on checkout and by a sweep, so Fulcrum closes it before a server's own
+//! keep-alive timeout does. An idle connection holds its socket only: no buffer.
+//!
+//! Only a connection whose response was read to its end, and well formed, is checked in (the
+//! exchange decides); one the server has closed or sent unsolicited bytes on is dropped at checkout.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,50 +16,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
 use crate::server::Failure;
 
-/// A connection able to carry one request to a server: hyper's sender, and the task that drives
-/// the connection. Dropping it (rather than pooling it) aborts that task, so a connection given up
-/// mid-exchange (a client gone, a timeout, a retry elsewhere) is closed at once and the request
-/// body it held is released, instead of lingering until the server notices.
-pub struct Sender {
-    send: SendRequest<RequestBody>,
-    /// `None` for a connection that may be upgraded: hyper hands the socket over after a 101, and
-    /// the task must be left to finish that.
-    task: Option<AbortHandle>,
-}
-
-impl std::ops::Deref for Sender {
-    type Target = SendRequest<RequestBody>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.send
-    }
-}
-
-impl std::ops::DerefMut for Sender {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.send
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
+/// A connection to a server, and whether it came from the pool (a reused connection may have been
+/// closed by the server just as the request was sent: the keep-alive race).
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Taken from the idle pool rather than connected for this request.
+    pub reused: bool,
 }
 
 struct Idle {
-    sender: Sender,
+    stream: TcpStream,
     expires: Instant,
 }
 
@@ -76,21 +51,12 @@ pub enum ConnectError {
         source: io::Error,
     },
     /// The TCP connect did not finish within `connect_timeout`.
-
     #[error("connect to {addr} timed out after {timeout:?}")]
     Timeout {
         /// The server's address.
         addr: SocketAddr,
         /// The configured limit.
         timeout: Duration,
-    },
-    /// The connection was made but the HTTP/1.1 client could not start on it.
-    #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake {
-        /// The server's address.
-        addr: SocketAddr,
-        /// What hyper said.
-        source: hyper::Error,
     },
 }
 
@@ -99,7 +65,7 @@ impl ConnectError {
     pub fn failure(&self) -> Failure {
         match self {
             ConnectError::Timeout { .. } => Failure::ConnectTimeout,
-            ConnectError::Io { .. } | ConnectError::Handshake { .. } => Failure::ConnectRefused,
+            ConnectError::Io { .. } => Failure::ConnectRefused,
         }
     }
 }
@@ -117,69 +83,60 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     Ok(stream)
 }
 
-/// Opens a new HTTP/1.1 connection; `upgrades` keeps the socket usable after a 101 response.
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    upgrades: bool,
-) -> Result<Sender, ConnectError> {
-    let stream = connect_tcp(addr, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    let task = if upgrades {
-        tokio::spawn(conn.with_upgrades());
-        None
-    } else {
-        Some(tokio::spawn(conn).abort_handle())
-    };
-    Ok(Sender { send: sender, task })
+/// Opens a new connection to `addr`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+    Ok(Conn {
+        stream: connect_tcp(addr, timeout).await?,
+        reused: false,
+    })
 }
 
-/// An idle connection to `addr` from this worker's pool, ready for a request. A connection checked
-/// in at the end of a response body may need a moment for hyper to mark it ready; one that is not
-/// ready within `patience` is closed rather than waited on.
-pub async fn checkout(addr: SocketAddr, patience: Duration) -> Option<Sender> {
-    loop {
-        let mut sender = take_idle(addr)?;
-        if sender.is_ready() {
-            return Some(sender);
-        }
-        if let Ok(Ok(())) = tokio::time::timeout(patience, sender.ready()).await {
-            return Some(sender);
-        }
-    }
-}
-
-fn take_idle(addr: SocketAddr) -> Option<Sender> {
+/// The newest live idle connection to `addr` from this worker's pool. Expired ones are closed on
+/// the way; so is one the server closed or wrote to while it idled (found without a syscall in
+/// the common case: the reactor already knows whether the socket became readable).
+pub fn checkout(addr: SocketAddr) -> Option<Conn> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
-            if idle.expires > now && !idle.sender.is_closed() {
-                return Some(idle.sender);
+            if idle.expires > now && is_quiet(&idle.stream) {
+                return Some(Conn {
+                    stream: idle.stream,
+                    reused: true,
+                });
             }
         }
         None
     })
 }
 
+/// Whether an idle connection has nothing to say: no EOF, no unsolicited bytes, no error.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 /// Returns a connection whose exchange is complete to this worker's pool, unless the pool for that
 /// server already holds `max_idle` connections (then it is closed; 0 never pools).
-pub fn checkin(addr: SocketAddr, sender: Sender, idle_timeout: Duration, max_idle: usize) {
-    if max_idle == 0 || sender.is_closed() {
+pub fn checkin(addr: SocketAddr, stream: TcpStream, idle_timeout: Duration, max_idle: usize) {
+    if max_idle == 0 {
         return;
     }
     IDLE.with_borrow_mut(|pool| {
         let list = pool.entry(addr).or_default();
         if list.len() < max_idle {
             list.push(Idle {
-                sender,
+                stream,
                 expires: Instant::now() + idle_timeout,
             });
         }
     });
+}
+
+/// Idle connections to `addr` in this worker's pool (for tests).
+#[cfg(test)]
+fn idle_count(addr: SocketAddr) -> usize {
+    IDLE.with_borrow(|pool| pool.get(&addr).map_or(0, Vec::len))
 }
 
 /// How often a worker sweeps its pool, given the shortest `pool_idle_timeout` configured: a quarter
@@ -195,12 +152,103 @@ pub async fn sweep_forever(interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = Instant::now();
-        IDLE.with_borrow_mut(|pool| {
-            pool.retain(|_, list| {
-                list.retain(|idle| idle.expires > now && !idle.sender.is_closed());
-                !list.is_empty()
-            });
+        sweep(Instant::now());
+    }
+}
+
+fn sweep(now: Instant) {
+    IDLE.with_borrow_mut(|pool| {
+        pool.retain(|_, list| {
+            list.retain(|idle| idle.expires > now && is_quiet(&idle.stream));
+            !list.is_empty()
         });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), server.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn the_newest_idle_connection_is_reused_first_and_only_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (old, _s1) = pair(&listener).await;
+        let (new, _s2) = pair(&listener).await;
+        let new_port = new.local_addr().unwrap().port();
+        checkin(addr, old, Duration::from_secs(10), 8);
+        checkin(addr, new, Duration::from_secs(10), 8);
+        let first = checkout(addr).unwrap();
+        assert!(first.reused);
+        assert_eq!(first.stream.local_addr().unwrap().port(), new_port);
+        assert!(checkout(addr).is_some());
+        assert!(checkout(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn max_idle_caps_the_pool_and_zero_never_pools() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let (c, s) = pair(&listener).await;
+            servers.push(s);
+            checkin(addr, c, Duration::from_secs(10), 2);
+        }
+        assert_eq!(idle_count(addr), 2);
+        let (c, _s) = pair(&listener).await;
+        checkin(addr, c, Duration::from_secs(10), 0);
+        assert_eq!(idle_count(addr), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_connection_is_never_handed_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (c, _s) = pair(&listener).await;
+        checkin(addr, c, Duration::from_secs(4), 8);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(checkout(addr).is_none());
+        assert_eq!(idle_count(addr), 0, "checkout closed it on the way");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_closes_expired_connections_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (short, _s1) = pair(&listener).await;
+        let (long, _s2) = pair(&listener).await;
+        checkin(addr, long, Duration::from_secs(10), 8);
+        checkin(addr, short, Duration::from_secs(2), 8);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        sweep(Instant::now());
+        assert_eq!(idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_or_wrote_on_is_dropped_at_checkout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed, server) = pair(&listener).await;
+        drop(server);
+        let (chatty, mut server2) = pair(&listener).await;
+        server2
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .await
+            .unwrap();
+        closed.readable().await.unwrap();
+        chatty.readable().await.unwrap();
+        checkin(addr, closed, Duration::from_secs(10), 8);
+        checkin(addr, chatty, Duration::from_secs(10), 8);
+        assert!(checkout(addr).is_none());
+        assert_eq!(idle_count(addr), 0);
     }
 }

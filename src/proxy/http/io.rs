@@ -1,0 +1,44 @@
+//! Reading and writing a `TcpStream` through shared references, by readiness: the same socket can
+//! be read and written from one poll loop (request body out, response head in, interim responses
+//! to the client) without splitting it, and a task waits for a socket with no buffer at all.
+
+use std::io;
+use std::task::{ready, Context, Poll};
+
+use tokio::net::TcpStream;
+
+/// Reads what is available into `buf`, waiting for readiness; `Ok(0)` is the end of the stream.
+pub fn poll_read(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// Writes some of `buf`, waiting for readiness.
+pub fn poll_write(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(0) if !buf.is_empty() => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// Writes all of `buf`.
+pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::future::poll_fn(|cx| poll_write(stream, cx, buf)).await?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}

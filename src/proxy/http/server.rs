@@ -1,0 +1,561 @@
+//! The HTTP/1.1 side of a client connection, on Fulcrum's codec.
+//!
+//! A connection holds no buffer while it idles: it waits for its socket to become readable, then
+//! takes a block from the worker's pool for the head. The head must be complete within
+//! `client_header_timeout` of its first byte (else 408); between requests the connection may idle
+//! for `idle_timeout` (then it closes quietly), and at shutdown an idle connection closes at once.
+//! Requests are answered one at a time, in order (pipelined ones wait in the block). A head
+//! that breaks a rule is answered 4xx with `Connection: close`, and nothing of it reaches a
+//! server. A connection that starts with the HTTP/2 preface is handed over to hyper's h2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Version};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::exchange::Downstream;
+use super::forward::is_idempotent;
+use super::forward::{self, client_fault_answer, Outcome, Outgoing, Served};
+use super::io::write_all;
+use super::pool;
+use super::upload::{ClientBody, Inbox, Source, Upload};
+use crate::balance::{PickContext, RequestView};
+use crate::config::{HttpLimits, RespondConfig};
+use crate::lifecycle::Shutdown;
+use crate::proxy::buffer::Block;
+use crate::proxy::h1::request::{self, Framing, RequestHead};
+use crate::proxy::h1::response::BodyFraming;
+use crate::proxy::h1::rewrite::{self, ClientLeg, Out};
+use crate::proxy::{ListenerCtx, ProxyError, Route};
+use crate::table::Snapshot;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the connection does after an exchange.
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+    /// Join the client and this server connection (an accepted WebSocket upgrade).
+    Tunnel(TcpStream, crate::server::InFlight),
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut shutdown: Shutdown,
+) {
+    let client_ip = client.ip().to_canonical().to_string();
+    let mut inbox = Inbox::default();
+    let mut first = true;
+    loop {
+        if inbox.unread().is_empty() {
+            inbox.release_if_empty();
+            if !wait_for_bytes(&stream, &mut inbox, ctx.idle_timeout, &mut shutdown).await {
+                return;
+            }
+        }
+        skip_empty_lines(&mut inbox);
+        if inbox.unread().is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let deadline = started + ctx.http.client_header_timeout;
+        if first {
+            first = false;
+            match read_preface(&stream, &mut inbox, deadline).await {
+                Preface::Http2 => {
+                    let already = inbox.unread().to_vec();
+                    drop(inbox);
+                    super::h2::serve(
+                        ctx,
+                        super::h2::Prefixed::new(already, stream),
+                        client,
+                        shutdown,
+                    )
+                    .await;
+                    return;
+                }
+                Preface::Gone => return,
+                Preface::Http1 => {}
+            }
+        }
+        let end = match read_head(&stream, &mut inbox, &ctx.http, deadline).await {
+            Ok(Some(end)) => end,
+            Ok(None) => return,
+            Err(error) => {
+                refuse(&ctx, &stream, error).await;
+                return;
+            }
+        };
+        let block_start = inbox.start;
+        let parsed = {
+            let buf = &inbox.unread()[..end];
+            request::parse(buf, &ctx.http)
+        };
+        let head = match parsed {
+            Ok(head) => head,
+            Err(reject) => {
+                debug!(listener = %ctx.name, %client, error = %reject, "request refused");
+                refuse(&ctx, &stream, reject.into()).await;
+                return;
+            }
+        };
+        let next = match &ctx.route {
+            Route::Respond { response, counters } => {
+                counters.inc(response.status.as_u16());
+                let close = head.close || head.framing != Framing::Empty || shutdown.is_fired();
+                let mut out = Out::new();
+                respond(response, close, &mut out);
+                inbox.consume(head.len);
+                if write_all(&stream, out.bytes()).await.is_err() || close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            Route::Upstream(upstream) => {
+                let snap = upstream.load();
+                let exchange = Exchange {
+                    ctx: &ctx,
+                    snap: &snap,
+                    stream: &stream,
+                    client,
+                    client_ip: &client_ip,
+                    started,
+                    shutdown: &shutdown,
+                };
+                exchange.run(&mut inbox, block_start, head).await
+            }
+        };
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Tunnel(upstream, slot) => {
+                tunnel(stream, upstream, &mut inbox).await;
+                drop(slot);
+                return;
+            }
+        }
+    }
+}
+
+/// Waits, holding no buffer, until the client sends something; `false` when it closed, idled for
+/// `idle_timeout`, or shutdown began.
+async fn wait_for_bytes(
+    stream: &TcpStream,
+    inbox: &mut Inbox,
+    idle: Duration,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return false,
+            ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            },
+        }
+        let mut block = Block::take();
+        match stream.try_read(&mut block) {
+            Ok(0) => return false,
+            Ok(n) => {
+                *inbox = Inbox {
+                    block: Some(block),
+                    start: 0,
+                    end: n,
+                };
+                return true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Drops the CRLFs a client may send between requests (RFC 9112 §2.2).
+fn skip_empty_lines(inbox: &mut Inbox) {
+    let skip = inbox
+        .unread()
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    inbox.consume(skip);
+}
+
+enum Preface {
+    Http1,
+    Http2,
+    Gone,
+}
+
+/// Tells an h2c connection (prior knowledge) from an HTTP/1 one by its first bytes.
+async fn read_preface(stream: &TcpStream, inbox: &mut Inbox, deadline: Instant) -> Preface {
+    loop {
+        let unread = inbox.unread();
+        let n = unread.len().min(PREFACE.len());
+        if unread[..n] != PREFACE[..n] {
+            return Preface::Http1;
+        }
+        if n == PREFACE.len() {
+            return Preface::Http2;
+        }
+        match tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| inbox.poll_fill(stream, cx)),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Preface::Gone,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads until the inbox holds a whole head; its length, `None` when the client went away, or the
+/// error to answer (408 after `client_header_timeout`, 414 or 431 over the limits).
+async fn read_head(
+    stream: &TcpStream,
+    inbox: &mut Inbox,
+    limits: &HttpLimits,
+    deadline: Instant,
+) -> Result<Option<usize>, ProxyError> {
+    let mut scanned = 0;
+    loop {
+        let unread = inbox.unread();
+        if let Some(end) = request::find_end(unread, scanned) {
+            return Ok(Some(end));
+        }
+        scanned = unread.len();
+        request::check_partial(unread, limits)?;
+        let block = inbox.block.as_mut().expect("the inbox holds bytes");
+        if inbox.end == block.len() && inbox.start == 0 {
+            // A head longer than one block: grow it up to the limit (and one byte more, to see
+            // that the limit was passed).
+            let len = block.len();
+            block.grow(
+                (len * 2)
+                    .min(limits.max_request_head_bytes + 1)
+                    .max(len + 1),
+            );
+        }
+        match tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| inbox.poll_fill(stream, cx)),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::HeadTimeout),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Answers `error` and closes (counted like any answer, on the listener's unserved series).
+async fn refuse(ctx: &ListenerCtx, stream: &TcpStream, error: ProxyError) {
+    let snap;
+    let counters = match &ctx.route {
+        Route::Respond { counters, .. } => Some(counters),
+        Route::Upstream(upstream) => {
+            snap = upstream.load();
+            snap.unserved_for(&ctx.name)
+        }
+    };
+    if let Some(counters) = counters {
+        counters.inc(error.status().as_u16());
+    }
+    answer_and_close(stream, error).await;
+}
+
+/// Writes Fulcrum's answer to `error` with `Connection: close`, then closes the way nginx's
+/// lingering close does: the write side first, then what the client still sends is read and
+/// dropped for a moment, so that closing with unread bytes does not reset the connection and
+/// destroy the answer before the client has read it.
+async fn answer_and_close(stream: &TcpStream, error: ProxyError) {
+    let mut out = Out::new();
+    error.write_h1(true, &mut out);
+    if write_all(stream, out.bytes()).await.is_err() {
+        return;
+    }
+    drop(out);
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let mut sink = Block::take();
+    let deadline = Instant::now() + LINGER;
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| super::io::poll_read(stream, cx, &mut sink)),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
+    }
+}
+
+/// How long a refused client's remaining bytes are read and dropped before the close.
+const LINGER: Duration = Duration::from_secs(1);
+/// The most bytes read and dropped then.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Writes a `respond` listener's fixed response.
+fn respond(config: &RespondConfig, close: bool, out: &mut Out) {
+    out.put(b"HTTP/1.1 ");
+    out.put(config.status.as_str().as_bytes());
+    out.put(b" ");
+    out.put(config.status.canonical_reason().unwrap_or("").as_bytes());
+    out.put(b"\r\n");
+    for (name, value) in &config.headers {
+        out.put(name.as_str().as_bytes());
+        out.put(b": ");
+        out.put(value.as_bytes());
+        out.put(b"\r\n");
+    }
+    out.put(b"Content-Length: ");
+    out.put(config.body.len().to_string().as_bytes());
+    out.put(b"\r\n");
+    if close {
+        out.put(b"Connection: close\r\n");
+    }
+    out.put(b"\r\n");
+    out.put(&config.body);
+}
+
+/// A parsed HTTP/1 head as strategies read it (hash keys).
+struct H1View<'b> {
+    head: &'b RequestHead,
+    buf: &'b [u8],
+}
+
+impl RequestView for H1View<'_> {
+    fn path_and_query(&self) -> &[u8] {
+        self.head.path_and_query(self.buf)
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.fields.first(self.buf, name.as_bytes())
+    }
+
+    fn find_in_values<'s>(
+        &'s self,
+        name: &str,
+        find: &mut dyn FnMut(&'s [u8]) -> Option<&'s [u8]>,
+    ) -> Option<&'s [u8]> {
+        self.head
+            .fields
+            .iter()
+            .filter(|f| f.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes()))
+            .find_map(|f| find(f.value.get(self.buf)))
+    }
+}
+
+/// One request on its way through an upstream.
+struct Exchange<'a> {
+    ctx: &'a ListenerCtx,
+    snap: &'a Snapshot,
+    stream: &'a TcpStream,
+    client: SocketAddr,
+    client_ip: &'a str,
+    started: Instant,
+    shutdown: &'a Shutdown,
+}
+
+impl Exchange<'_> {
+    async fn run(&self, inbox: &mut Inbox, block_start: usize, head: RequestHead) -> Next {
+        let ctx = self.ctx;
+        if head.method == Method::CONNECT {
+            return self
+                .own_answer(inbox, &head, ProxyError::MethodNotAllowed)
+                .await;
+        }
+        if !self.snap.has_eligible() {
+            return self.own_answer(inbox, &head, ProxyError::NoServer).await;
+        }
+        let mut out = Out::new();
+        let attempts = {
+            let block = inbox.block.as_ref().expect("the inbox holds the head");
+            let buf = &block[block_start..block_start + head.len];
+            rewrite::request(&head, buf, self.client_ip, &mut out);
+            let view = H1View { head: &head, buf };
+            self.snap.attempts(&PickContext {
+                client: self.client,
+                head: Some(&view),
+                now: self.started,
+            })
+        };
+        inbox.consume(head.len);
+        let http10 = head.version == Version::HTTP_10;
+        let source = match ClientBody::new(
+            self.stream,
+            inbox,
+            head.framing,
+            ctx.http.max_body_bytes,
+            ctx.idle_timeout,
+        ) {
+            Some(body) => Source::Client(body),
+            None => Source::Empty,
+        };
+        let replayable = is_idempotent(&head.method);
+        let mut req = Outgoing {
+            head: out.bytes(),
+            upload: Upload::new(source, replayable),
+            replayable,
+            head_request: head.method == Method::HEAD,
+            websocket: head.websocket,
+            interim: Some(self.stream),
+        };
+        let outcome = forward::forward(ctx, self.snap, attempts, &mut req).await;
+        let unfinished = req.upload.is_unfinished();
+        drop(req);
+        let must_close = head.close || unfinished || self.shutdown.is_fired();
+        match outcome {
+            Outcome::Failed(error) => {
+                if must_close || error.closes() {
+                    answer_and_close(self.stream, error).await;
+                    return Next::Close;
+                }
+                let mut answer = Out::new();
+                error.write_h1(false, &mut answer);
+                match write_all(self.stream, answer.bytes()).await {
+                    Ok(()) => Next::KeepAlive,
+                    Err(_) => Next::Close,
+                }
+            }
+            Outcome::Client(fault) => {
+                if let Some(error) = client_fault_answer(fault) {
+                    answer_and_close(self.stream, error).await;
+                }
+                Next::Close
+            }
+            Outcome::Served(served) => self.relay(served, http10, must_close, head.websocket).await,
+        }
+    }
+
+    /// Answers a request that goes to no server: counted on the listener's unserved series; the
+    /// connection stays open for a 5xx when the request had no body.
+    async fn own_answer(&self, inbox: &mut Inbox, head: &RequestHead, error: ProxyError) -> Next {
+        if let Some(counters) = self.snap.unserved_for(&self.ctx.name) {
+            counters.inc(error.status().as_u16());
+        }
+        inbox.consume(head.len);
+        let close = head.close
+            || head.framing != Framing::Empty
+            || error.closes()
+            || self.shutdown.is_fired();
+        if close {
+            answer_and_close(self.stream, error).await;
+            return Next::Close;
+        }
+        let mut out = Out::new();
+        error.write_h1(false, &mut out);
+        match write_all(self.stream, out.bytes()).await {
+            Ok(()) => Next::KeepAlive,
+            Err(_) => Next::Close,
+        }
+    }
+
+    /// Passes the server's response on to the client.
+    async fn relay(&self, served: Served, http10: bool, must_close: bool, websocket: bool) -> Next {
+        let Served {
+            reply,
+            conn,
+            slot,
+            idle_timeout,
+            max_idle,
+        } = served;
+        let upgraded = websocket && reply.head.status == 101;
+        let framing = reply.head.framing;
+        let dechunk = http10 && framing == BodyFraming::Chunked;
+        let close = must_close || framing == BodyFraming::UntilClose || dechunk;
+        let leg = ClientLeg {
+            chunked: framing == BodyFraming::Chunked && !dechunk,
+            close: close && !upgraded,
+            keep_alive_10: http10 && !close,
+            websocket: upgraded,
+        };
+        let mut out = Out::new();
+        rewrite::response(&reply.head, &reply.block, leg, &mut out);
+        let server_closes = reply.head.close;
+        let mut down = Downstream::new(reply, dechunk);
+        // The head and what of the body came with it go out in one write when they fit.
+        let first = std::future::poll_fn(|cx| match down.poll_next(cx, &conn.stream, false) {
+            std::task::Poll::Pending => std::task::Poll::Ready(Ok(None)),
+            other => other,
+        })
+        .await;
+        let rest = match first {
+            Ok(Some(range)) => {
+                let put = out.put_some(down.slice(range.clone()));
+                range.start + put..range.end
+            }
+            Ok(None) => 0..0,
+            Err(_) => 0..0,
+        };
+        if write_all(self.stream, out.bytes()).await.is_err() {
+            return Next::Close;
+        }
+        drop(out);
+        if upgraded {
+            if !rest.is_empty() && write_all(self.stream, down.slice(rest)).await.is_err() {
+                return Next::Close;
+            }
+            drop(down);
+            return Next::Tunnel(conn.stream, slot);
+        }
+        if !rest.is_empty() && write_all(self.stream, down.slice(rest)).await.is_err() {
+            return Next::Close;
+        }
+        loop {
+            match std::future::poll_fn(|cx| down.poll_next(cx, &conn.stream, true)).await {
+                Ok(Some(range)) => {
+                    if write_all(self.stream, down.slice(range)).await.is_err() {
+                        // The client went away: the half-read server connection is closed.
+                        return Next::Close;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(upstream = %self.snap.name, server = %slot.server().config.address, error = %e, "response body failed");
+                    slot.failed(crate::server::Failure::BrokenResponse);
+                    // The client sees the body cut short: no final chunk, or fewer bytes than
+                    // its length, then the close.
+                    return Next::Close;
+                }
+            }
+        }
+        if !server_closes && !down.has_extra() {
+            pool::checkin(slot.server().addr(), conn.stream, idle_timeout, max_idle);
+        }
+        drop(slot);
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+}
+
+/// Joins the client and the server of an accepted WebSocket upgrade until both sides close;
+/// bytes the client sent after its request head go to the server first.
+async fn tunnel(mut client: TcpStream, mut server: TcpStream, inbox: &mut Inbox) {
+    if !inbox.unread().is_empty() && write_all(&server, inbox.unread()).await.is_err() {
+        return;
+    }
+    *inbox = Inbox::default();
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        debug!(error = %e, "tunnel ended with an error");
+    }
+}

@@ -1,0 +1,295 @@
+//! Requests that arrive on h2 streams (hyper's HTTP/2 server), forwarded over Fulcrum's HTTP/1.1
+//! codec like any other: the request's parts are written as an HTTP/1.1 head (`Host` from
+//! `:authority`, Cookie fields joined as RFC 9113 §8.2.3 asks, the hop-by-hop set dropped), its
+//! body framed by its `Content-Length` or chunked, and the server's response handed back to hyper
+//! as an `http::Response` whose body reads the server connection frame by frame.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::exchange::{BodyError, Downstream};
+use super::forward::{self, client_fault_answer, is_idempotent, Outcome, Outgoing, Served};
+use super::pool::{self, Conn};
+use super::upload::{Source, StreamBody, Upload};
+use crate::balance::PickContext;
+use crate::config::RespondConfig;
+use crate::proxy::h1::fields::Kind;
+use crate::proxy::h1::rewrite::Out;
+use crate::proxy::{ListenerCtx, ProxyError, Route};
+use crate::server::{Failure, InFlight};
+
+/// Answers one request from an h2 stream.
+pub async fn handle(
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let upstream = match &ctx.route {
+        Route::Respond { response, counters } => {
+            counters.inc(response.status.as_u16());
+            return respond(response);
+        }
+        Route::Upstream(upstream) => upstream,
+    };
+    let snap = upstream.load();
+    let unserved = |error: ProxyError| {
+        if let Some(counters) = snap.unserved_for(&ctx.name) {
+            counters.inc(error.status().as_u16());
+        }
+        error.response()
+    };
+    if req.method() == Method::CONNECT {
+        return unserved(ProxyError::MethodNotAllowed);
+    }
+    if !snap.has_eligible() {
+        return unserved(ProxyError::NoServer);
+    }
+    let (parts, body) = req.into_parts();
+    let attempts = snap.attempts(&PickContext {
+        client,
+        head: Some(&parts),
+        now: tokio::time::Instant::now(),
+    });
+    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let source = match StreamBody::new(body, declared, ctx.http.max_body_bytes) {
+        Some(body) => Source::Stream(body),
+        None => Source::Empty,
+    };
+    let chunked = matches!(&source, Source::Stream(body) if body.is_chunked());
+    let mut out = Out::new();
+    write_head(
+        &parts,
+        &client.ip().to_canonical().to_string(),
+        chunked,
+        &mut out,
+    );
+    let replayable = is_idempotent(&parts.method);
+    let mut outgoing = Outgoing {
+        head: out.bytes(),
+        upload: Upload::new(source, replayable),
+        replayable,
+        head_request: parts.method == Method::HEAD,
+        websocket: false,
+        interim: None,
+    };
+    match forward::forward(ctx, &snap, attempts, &mut outgoing).await {
+        Outcome::Served(served) => relayed(served),
+        Outcome::Failed(error) => error.response(),
+        Outcome::Client(fault) => client_fault_answer(fault)
+            .unwrap_or(ProxyError::BadRequest("request body failed"))
+            .response(),
+    }
+}
+
+fn respond(config: &RespondConfig) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::from(config.body.clone()));
+    *response.status_mut() = config.status;
+    *response.headers_mut() = config.headers.clone();
+    response
+}
+
+/// Whether an h2 request header is dropped on the way to an HTTP/1.1 server.
+fn dropped(name: &HeaderName) -> bool {
+    matches!(
+        Kind::of(name.as_str().as_bytes()),
+        Kind::Connection
+            | Kind::HopByHop
+            | Kind::TransferEncoding
+            | Kind::Upgrade
+            | Kind::Host
+            | Kind::ForwardedFor
+            | Kind::ForwardedProto
+    ) || name == header::COOKIE
+}
+
+/// Writes the HTTP/1.1 head for an h2 request.
+fn write_head(parts: &Parts, client_ip: &str, chunked: bool, out: &mut Out) {
+    out.put(parts.method.as_str().as_bytes());
+    out.put(b" ");
+    out.put(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.put(b" HTTP/1.1\r\nHost: ");
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| parts.headers.get(header::HOST).map(HeaderValue::as_bytes))
+        .unwrap_or_default();
+    out.put(host);
+    out.put(b"\r\n");
+    for (name, value) in &parts.headers {
+        if !dropped(name) {
+            out.put(name.as_str().as_bytes());
+            out.put(b": ");
+            out.put(value.as_bytes());
+            out.put(b"\r\n");
+        }
+    }
+    let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.put(b"cookie: ");
+        out.put(first.as_bytes());
+        for more in cookies {
+            out.put(b"; ");
+            out.put(more.as_bytes());
+        }
+        out.put(b"\r\n");
+    }
+    out.put(b"x-forwarded-for: ");
+    for earlier in parts.headers.get_all("x-forwarded-for") {
+        out.put(earlier.as_bytes());
+        out.put(b", ");
+    }
+    out.put(client_ip.as_bytes());
+    out.put(b"\r\nx-forwarded-proto: http\r\n");
+    if chunked {
+        out.put(b"transfer-encoding: chunked\r\n");
+    }
+    out.put(b"\r\n");
+}
+
+/// The server's response as hyper sends it on the stream.
+fn relayed(served: Served) -> Response<ProxyBody> {
+    let Served {
+        reply,
+        conn,
+        slot,
+        idle_timeout,
+        max_idle,
+    } = served;
+    let head = &reply.head;
+    let mut response = Response::new(ProxyBody::Full(None));
+    *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    for field in head.fields.iter() {
+        let skip = matches!(
+            field.kind,
+            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::Upgrade
+        ) || (field.kind.may_be_nominated()
+            && head
+                .fields
+                .nominated(&reply.block, field.name.get(&reply.block)));
+        if skip {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.get(&reply.block)),
+            HeaderValue::from_bytes(field.value.get(&reply.block)),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let reusable = !head.close;
+    let down = Downstream::new(reply, true);
+    if down.is_done() {
+        if reusable && !down.has_extra() {
+            pool::checkin(slot.server().addr(), conn.stream, idle_timeout, max_idle);
+        }
+        return response;
+    }
+    *response.body_mut() = ProxyBody::Relayed(Box::new(Relay {
+        down,
+        conn: Some(conn),
+        slot: Some(slot),
+        idle_timeout,
+        max_idle,
+        reusable,
+    }));
+    response
+}
+
+/// A server's response body being read for an h2 stream.
+pub struct Relay {
+    down: Downstream,
+    conn: Option<Conn>,
+    slot: Option<InFlight>,
+    idle_timeout: std::time::Duration,
+    max_idle: usize,
+    reusable: bool,
+}
+
+/// A response body as hyper sends it on an h2 stream.
+pub enum ProxyBody {
+    /// A server's body, read from its connection.
+    Relayed(Box<Relay>),
+    /// A body Fulcrum made (errors, `respond`), sent in one frame.
+    Full(Option<Bytes>),
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> Self {
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let relay = match self.get_mut() {
+            ProxyBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Relayed(relay) => relay,
+        };
+        let Some(conn) = &relay.conn else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(relay.down.poll_next(cx, &conn.stream, true)) {
+            Ok(Some(range)) => Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(
+                relay.down.slice(range),
+            ))))),
+            Ok(None) => {
+                let conn = relay.conn.take().expect("checked above");
+                if let Some(slot) = relay.slot.take() {
+                    if relay.reusable && !relay.down.has_extra() {
+                        pool::checkin(
+                            slot.server().addr(),
+                            conn.stream,
+                            relay.idle_timeout,
+                            relay.max_idle,
+                        );
+                    }
+                }
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                relay.conn = None;
+                if let Some(slot) = relay.slot.take() {
+                    slot.failed(Failure::BrokenResponse);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Relayed(relay) => relay.conn.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Relayed(_) => SizeHint::default(),
+        }
+    }
+}
