@@ -2,7 +2,8 @@
 # Side-by-side L7 throughput: wrk against a backend directly, and through Fulcrum, HAProxy and nginx,
 # each balancing round robin over the same three backends, all on 127.0.0.1. Every proxy gets the
 # same worker count. Rounds alternate between targets so machine noise hits all of them alike; the
-# table reports the median of the rounds and the ratio to direct.
+# table reports the median of the rounds, the ratio to direct, and the proxy's CPU time per request
+# (user + system, its threads and worker processes, from /proc, over the round).
 #
 #   benches/compare.sh [ROUNDS=3] [SECONDS=5] [CONNECTIONS=50]
 #
@@ -96,14 +97,26 @@ http {
 }
 CONF
 
+declare -A pid_of
 nginx -c "$dir/backends.conf" -e "$dir/backends.err" & pids+=($!)
-"$fulcrum" run -c "$dir/fulcrum.toml" 2>"$dir/fulcrum.log" & pids+=($!)
+"$fulcrum" run -c "$dir/fulcrum.toml" 2>"$dir/fulcrum.log" & pids+=($!); pid_of[fulcrum]=$!
 if [ -n "$baseline" ]; then
   sed 's/127.0.0.1:18080/127.0.0.1:18083/' "$dir/fulcrum.toml" >"$dir/baseline.toml"
-  "$baseline" run -c "$dir/baseline.toml" 2>"$dir/baseline.log" & pids+=($!)
+  "$baseline" run -c "$dir/baseline.toml" 2>"$dir/baseline.log" & pids+=($!); pid_of[baseline]=$!
 fi
-haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 & pids+=($!)
-nginx -c "$dir/nginx.conf" -e "$dir/nginx.err" & pids+=($!)
+haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 & pids+=($!); pid_of[haproxy]=$!
+nginx -c "$dir/nginx.conf" -e "$dir/nginx.err" & pids+=($!); pid_of[nginx]=$!
+
+# CPU ticks (user + system) of a process and its children (nginx's workers), from /proc.
+cpu_ticks() {
+  local total=0 p f
+  for p in "$1" $(pgrep -P "$1" || true); do
+    read -r -a f <"/proc/$p/stat" || continue
+    total=$((total + f[13] + f[14]))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
 
 wait_port() {
   for _ in $(seq 100); do
@@ -120,19 +133,32 @@ if [ -n "$baseline" ]; then
   wait_port 18083
   targets=(direct baseline fulcrum haproxy nginx)
 fi
-declare -A results
+declare -A results cpu
 for round in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
-    rps=$(wrk -t2 -c"$conns" -d"${secs}s" "http://127.0.0.1:${port[$t]}/" | awk '/Requests\/sec/ {print $2}')
+    before=0
+    [ -n "${pid_of[$t]:-}" ] && before=$(cpu_ticks "${pid_of[$t]}")
+    out=$(wrk -t2 -c"$conns" -d"${secs}s" "http://127.0.0.1:${port[$t]}/")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
     results[$t]="${results[$t]:-} $rps"
-    echo "round $round $t $rps req/s" >&2
+    if [ -n "${pid_of[$t]:-}" ]; then
+      ticks=$(( $(cpu_ticks "${pid_of[$t]}") - before ))
+      us=$(echo "$ticks * 1000000 / $hz / $requests" | bc -l)
+      cpu[$t]="${cpu[$t]:-} $us"
+      echo "round $round $t $rps req/s, $(printf %.1f "$us") us CPU per request" >&2
+    else
+      echo "round $round $t $rps req/s" >&2
+    fi
   done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 direct=$(echo "${results[direct]}" | median)
-printf '%-8s %12s %8s   (wrk -t2 -c%s -d%ss, median of %s rounds, %s workers each)\n' target "req/s" ratio "$conns" "$secs" "$rounds" "$workers"
+printf '%-8s %12s %8s %14s   (wrk -t2 -c%s -d%ss, median of %s rounds, %s workers each)\n' target "req/s" ratio "CPU us/req" "$conns" "$secs" "$rounds" "$workers"
 for t in "${targets[@]}"; do
   m=$(echo "${results[$t]}" | median)
-  printf '%-8s %12.0f %8.2f\n' "$t" "$m" "$(echo "$m / $direct" | bc -l)"
+  c=-
+  [ -n "${cpu[$t]:-}" ] && c=$(printf %.1f "$(echo "${cpu[$t]}" | median)")
+  printf '%-8s %12.0f %8.2f %14s\n' "$t" "$m" "$(echo "$m / $direct" | bc -l)" "$c"
 done

@@ -243,13 +243,16 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
         slot.succeeded();
     }
     let retry_5xx = settings.retry_on.server_error && matches!(status, 502..=504);
+    // A server that answered before reading the whole request is mid-request on this connection.
+    let request_sent = req.upload.is_sent();
     let served = Served {
         reply,
         conn,
         slot,
         idle_timeout: settings.pool_idle_timeout,
-        // A connection opened for an upgrade is never pooled, nor one whose 5xx may be retried.
-        max_idle: if req.websocket || retry_5xx {
+        // A connection opened for an upgrade is never pooled, nor one whose 5xx may be retried, nor
+        // one whose request was not sent whole.
+        max_idle: if req.websocket || retry_5xx || !request_sent {
             0
         } else {
             settings.pool_max_idle_per_server

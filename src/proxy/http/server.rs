@@ -415,7 +415,8 @@ impl Exchange<'_> {
             replayable,
             head_request: head.method == Method::HEAD,
             websocket: head.websocket,
-            interim: Some(self.stream),
+            // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+            interim: (!http10).then_some(self.stream),
         };
         let outcome = forward::forward(ctx, self.snap, attempts, &mut req).await;
         let unfinished = req.upload.is_unfinished();
@@ -488,6 +489,15 @@ impl Exchange<'_> {
         };
         let mut out = Out::new();
         rewrite::response(&reply.head, &reply.block, leg, &mut out);
+        if upgraded {
+            // What the server sent after its 101 already belongs to the tunnel.
+            out.put(&reply.block[reply.head.len..reply.filled]);
+            drop(reply);
+            if write_all(self.stream, out.bytes()).await.is_err() {
+                return Next::Close;
+            }
+            return Next::Tunnel(conn.stream, slot);
+        }
         let server_closes = reply.head.close;
         let mut down = Downstream::new(reply, dechunk);
         // The head and what of the body came with it go out in one write when they fit.
@@ -508,13 +518,6 @@ impl Exchange<'_> {
             return Next::Close;
         }
         drop(out);
-        if upgraded {
-            if !rest.is_empty() && write_all(self.stream, down.slice(rest)).await.is_err() {
-                return Next::Close;
-            }
-            drop(down);
-            return Next::Tunnel(conn.stream, slot);
-        }
         if !rest.is_empty() && write_all(self.stream, down.slice(rest)).await.is_err() {
             return Next::Close;
         }
