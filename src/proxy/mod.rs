@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use error::ProxyError;
 
-use crate::config::{ListenerConfig, RespondConfig, Target};
+use crate::config::{HttpLimits, ListenerConfig, RespondConfig, Target};
 use crate::lifecycle::Tracker;
 use crate::metrics::{CodeCounters, ListenerMetrics};
 use crate::table::Upstream;
@@ -43,6 +43,9 @@ pub struct ListenerCtx {
     pub metrics: ListenerMetrics,
     /// The daemon's count of in-flight work (connections and tunnels), for the shutdown drain.
     pub tracker: Tracker,
+    /// What one HTTP request may be (`mode = "http"`); the HTTP/2 server sizes its header-list
+    /// limit from it.
+    pub http: HttpLimits,
 }
 
 impl ListenerCtx {
@@ -72,6 +75,7 @@ impl ListenerCtx {
             name,
             route,
             tracker,
+            http: config.http,
         }
     }
 }
