@@ -10,26 +10,31 @@
 
 mod body;
 mod forward;
+mod h2;
 mod headers;
 mod pool;
 mod replay;
 mod upgrade;
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 pub use body::ProxyBody;
 pub use pool::{connect_tcp, sweep_forever, sweep_interval, ConnectError};
 
+use self::h2::Prefixed;
 use super::{ListenerCtx, ProxyError, Route};
 use crate::balance::PickContext;
 use crate::config::RespondConfig;
@@ -40,21 +45,69 @@ use body::RequestBody;
 use headers::{has_ambiguous_framing, is_websocket_upgrade, prepare_request};
 
 /// Serves one accepted client connection until it closes, or until shutdown (then idle keep-alive
-/// connections close at once and in-flight requests finish with `Connection: close`).
+/// connections close at once and in-flight requests finish with `Connection: close`, or after a
+/// GOAWAY on h2). The connection preface tells h2c from HTTP/1.1.
 pub async fn serve_connection(
     ctx: Arc<ListenerCtx>,
     stream: TcpStream,
     client: SocketAddr,
+    shutdown: Shutdown,
+) {
+    match sniff(stream).await {
+        Ok(Some((true, io))) => h2::serve(ctx, io, client, shutdown).await,
+        Ok(Some((false, io))) => serve_http1(ctx, io, client, shutdown).await,
+        Ok(None) => debug!(%client, "client closed before sending a byte"),
+        Err(e) => debug!(%client, error = %e, "client connection failed before its first request"),
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), the first bytes an h2c client sends.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks h2c, and its connection with nothing consumed; `None` when it closed
+/// before saying.
+///
+/// Usually one `peek` tells: the first segment holds the whole preface or a byte off it. If it
+/// holds only a strict prefix, the rest is read instead and put back in front ([`Prefixed`]):
+/// peeking again would spin, since a successful peek leaves the socket readable and `readable()`
+/// then returns at once, for as long as the client takes to send the next byte.
+async fn sniff(mut stream: TcpStream) -> io::Result<Option<(bool, Prefixed<TcpStream>)>> {
+    let mut head = [0u8; PREFACE.len()];
+    let mut n = stream.peek(&mut head).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let undecided = |n: usize, head: &[u8]| n < PREFACE.len() && head[..n] == PREFACE[..n];
+    if !undecided(n, &head) {
+        let io = Prefixed::new(Bytes::new(), stream);
+        return Ok(Some((head[..n] == PREFACE[..], io)));
+    }
+    n = 0;
+    while undecided(n, &head) {
+        match stream.read(&mut head[n..]).await? {
+            0 => return Ok(None),
+            read => n += read,
+        }
+    }
+    let h2 = head[..n] == PREFACE[..];
+    Ok(Some((h2, Prefixed::new(head[..n].to_vec(), stream))))
+}
+
+/// Serves an HTTP/1.1 connection (WebSocket upgrades included) with hyper.
+async fn serve_http1(
+    ctx: Arc<ListenerCtx>,
+    io: Prefixed<TcpStream>,
+    client: SocketAddr,
     mut shutdown: Shutdown,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(handle(&ctx, client, req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
