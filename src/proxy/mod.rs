@@ -48,7 +48,8 @@ pub struct ListenerCtx {
     /// http: the longest idle between requests and silence during a body; tcp: the longest a
     /// session may pass no byte either way.
     pub idle_timeout: Duration,
-    /// http: what a request may be and how long its head may take.
+    /// What one HTTP request may be and how long its head may take (`mode = "http"`); the HTTP/2
+    /// server sizes its header-list limit from it.
     pub http: HttpLimits,
 }
 

@@ -1,8 +1,9 @@
 //! Shared harness for the end-to-end tests: the real `fulcrum` binary on a temporary config
 //! ([`daemon`]), real backends bound to `127.0.0.1:0` or a chosen address ([`backend`]: behaviours
 //! switchable at runtime, `/healthz` answered and counted apart, `kill` and `start_on` to take a
-//! server down and bring it back), misbehaving raw servers ([`raw`]), real clients ([`client`])
-//! and readers of the admin endpoint's `/status` and `/metrics` ([`admin`]).
+//! server down and bring it back), misbehaving raw servers ([`raw`]), a raw HTTP/2 client for
+//! frames no real client sends ([`frames`]), real clients ([`client`]) and readers of the admin
+//! endpoint's `/status` and `/metrics` ([`admin`]).
 //!
 //! Every test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod daemon;
+pub mod frames;
 pub mod raw;
 
 pub use backend::{Behaviour, EchoMode, HttpBackend, TcpEchoBackend, HEALTH_PATH};
