@@ -7,7 +7,9 @@
 //! answers are counted on `fulcrum_requests_total{server=""}`, exactly. A chunked body refused
 //! mid-stream (over `max_body_bytes`, or malformed) has had its head forwarded already: the server
 //! never gets a complete request, its connection is closed, and the answer is counted on that
-//! server's series.
+//! server's series. Responses come from a
+//! [`RawHttpBackend`] answering chosen bytes: an ambiguous or malformed response head is a 502
+//! and a discarded server connection, a body cut short is a client connection closed early.
 
 mod support;
 
@@ -17,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::admin::{metrics, series};
-use support::client::head_header;
+use support::client::{decode_chunked, head_header};
+use support::raw::{RawHttpBackend, RawReply, Then};
 use support::{eventually, within, Daemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,6 +65,7 @@ fn status_line(code: u16) -> &'static str {
         413 => "HTTP/1.1 413 Payload Too Large",
         414 => "HTTP/1.1 414 URI Too Long",
         431 => "HTTP/1.1 431 Request Header Fields Too Large",
+        502 => "HTTP/1.1 502 Bad Gateway",
         other => panic!("no status line for {other}"),
     }
 }
@@ -696,6 +700,156 @@ async fn bad_request_bodies_never_reach_the_server_whole() {
     // Both answers are Fulcrum's own, counted on the server the head had gone to.
     assert_counted(&d, &server, &sent).await;
     assert_counted(&d, "", &BTreeMap::new()).await;
+}
+
+/// The response vectors: what the raw server answers for each path.
+fn broken_response(path: &str) -> RawReply {
+    let bytes = match path {
+        "/cl-te" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     5\r\nhello\r\n0\r\n\r\n"
+            .to_string(),
+        "/two-cl" => {
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string()
+        }
+        "/status" => "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+        "/big-head" => format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(65 * 1024)
+        ),
+        "/short-length" => {
+            return RawReply::new(
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+                Then::Close,
+            )
+        }
+        "/short-chunked" => {
+            return RawReply::new(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                Then::Close,
+            )
+        }
+        _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+    };
+    RawReply::new(bytes, Then::KeepAlive)
+}
+
+async fn raw_daemon() -> (RawHttpBackend, Daemon) {
+    let backend = RawHttpBackend::start(|req| broken_response(&req.path)).await;
+    let d = Daemon::builder(CONFIG)
+        .var("A", backend.addr())
+        .start()
+        .await;
+    (backend, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_response_heads_get_502_and_a_new_server_connection() {
+    let (backend, d) = raw_daemon().await;
+    let mut c = TcpStream::connect(d.addr("web")).await.expect("connect");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.write_all(get("/ok").as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut c, "first /ok").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let vectors = [
+        ("Content-Length with Transfer-Encoding", "/cl-te"),
+        ("two differing Content-Lengths", "/two-cl"),
+        ("status line HTTP/1.1 2000 OK", "/status"),
+        ("a head over 64 KiB", "/big-head"),
+    ];
+    for (name, path) in vectors {
+        let (accepts, closed) = (backend.accepts(), backend.closed());
+        c.write_all(get(path).as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut c, name).await;
+        assert_eq!(
+            head.lines().next(),
+            Some(status_line(502)),
+            "{name}\n{head}"
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.starts_with("502"),
+            "{name}: Fulcrum's own answer: {body:?}"
+        );
+        let started = Instant::now();
+        assert!(
+            eventually(DEADLINE, || backend.closed() == closed + 1).await,
+            "{name}: the daemon should close the connection that carried the broken response \
+             (server connections: {} accepted, {} closed)",
+            backend.accepts(),
+            backend.closed()
+        );
+        let close_took = started.elapsed();
+        // The client connection stays open for the next request, which needs a new server
+        // connection: the only one there was is gone.
+        let at_next = backend.accepts();
+        c.write_all(get("/ok").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut c, &format!("{name}: the next request")).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{name}: next\n{head}"
+        );
+        assert_eq!(body, b"ok");
+        assert_eq!(
+            backend.accepts(),
+            at_next + 1,
+            "{name}: the next request should open a new server connection"
+        );
+        println!(
+            "{name}: 502, server connection closed within {close_took:?}; \
+             server connections accepted {accepts} -> {}",
+            backend.accepts()
+        );
+    }
+    let mut served = BTreeMap::new();
+    served.insert(200, 1 + vectors.len());
+    served.insert(502, vectors.len());
+    assert_counted(&d, &backend.addr().to_string(), &served).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_cut_short_close_the_client_connection() {
+    let (backend, d) = raw_daemon().await;
+    let web = d.addr("web");
+
+    let mut s = TcpStream::connect(web).await.expect("connect");
+    s.write_all(b"GET /short-length HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_until_close(&mut s, "Content-Length 10, 5 bytes").await;
+    let (head, body) = split_head(&all).expect("the head is relayed");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(head_header(&head, "content-length"), Some("10"), "{head}");
+    assert!(
+        body.len() < 10,
+        "the client should see fewer than 10 body bytes, then the close: {body:?}"
+    );
+    println!(
+        "Content-Length 10 cut after 5: the client got {} body bytes, then the close",
+        body.len()
+    );
+
+    let mut s = TcpStream::connect(web).await.expect("connect");
+    s.write_all(b"GET /short-chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_until_close(&mut s, "chunked without the last chunk").await;
+    let (head, body) = split_head(&all).expect("the head is relayed");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(
+        head_header(&head, "transfer-encoding"),
+        Some("chunked"),
+        "{head}"
+    );
+    assert!(
+        find(body, b"0\r\n\r\n").is_none() && decode_chunked(body).is_none(),
+        "the client must not see a final chunk: {:?}",
+        String::from_utf8_lossy(body)
+    );
+    println!(
+        "chunked cut before the last chunk: the client got {:?}, then the close",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(backend.requests(), 2);
 }
 
 /// A raw HTTP/1.1 server that records every byte it receives, on every connection, and every
