@@ -75,12 +75,13 @@ pub async fn serve(
                 Preface::Http2 => {
                     let already = inbox.unread().to_vec();
                     drop(inbox);
-                    super::h2::serve(
+                    // Boxed: hyper's connection state would otherwise size every connection's task.
+                    Box::pin(super::h2::serve(
                         ctx,
                         super::h2::Prefixed::new(already, stream),
                         client,
                         shutdown,
-                    )
+                    ))
                     .await;
                     return;
                 }
@@ -133,14 +134,17 @@ pub async fn serve(
                     started,
                     shutdown: &shutdown,
                 };
-                exchange.run(&mut inbox, block_start, head).await
+                // Boxed, so that the connection's task, which an idle connection keeps, is sized for
+                // waiting (about 700 bytes) rather than for an exchange (about 1.8 KB more): one
+                // allocation per request instead of 1.8 KB per idle connection.
+                Box::pin(exchange.run(&mut inbox, block_start, head)).await
             }
         };
         match next {
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Tunnel(upstream, slot) => {
-                tunnel(stream, upstream, &mut inbox).await;
+                Box::pin(tunnel(stream, upstream, &mut inbox)).await;
                 drop(slot);
                 return;
             }
@@ -560,5 +564,40 @@ async fn tunnel(mut client: TcpStream, mut server: TcpStream, inbox: &mut Inbox)
     *inbox = Inbox::default();
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         debug!(error = %e, "tunnel ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::lifecycle::{shutdown_channel, Tracker};
+    use crate::table::Upstream;
+
+    /// An idle connection costs its task: the connection's future, allocated once when it is
+    /// accepted. Everything an exchange needs beyond it is on the heap only while it runs.
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let config = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[listeners.web]\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"app\"\n[upstreams.app]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
+        )
+        .unwrap();
+        let (upstream, _writer) = Upstream::new(&config.upstreams[0], &[Arc::from("web")]);
+        let ctx = Arc::new(ListenerCtx::new(
+            &config.listeners[0],
+            &[("app".to_string(), upstream)],
+            Tracker::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_trigger, shutdown) = shutdown_channel();
+        let task = serve(ctx, stream, "127.0.0.1:9".parse().unwrap(), shutdown);
+        let size = std::mem::size_of_val(&task);
+        println!("connection task: {size} bytes");
+        // 1,120 bytes in a debug build, about 700 in release; an exchange held inline would add 1.8 KB.
+        assert!(size <= 1280, "connection task: {size} bytes");
     }
 }
