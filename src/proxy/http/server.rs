@@ -415,7 +415,8 @@ impl Exchange<'_> {
             replayable,
             head_request: head.method == Method::HEAD,
             websocket: head.websocket,
-            interim: Some(self.stream),
+            // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer.
+            interim: (!http10).then_some(self.stream),
         };
         let outcome = forward::forward(ctx, self.snap, attempts, &mut req).await;
         let unfinished = req.upload.is_unfinished();
