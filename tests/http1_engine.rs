@@ -1,0 +1,526 @@
+//! Fulcrum's HTTP/1 engine (`src/proxy/http/` on the `src/proxy/h1/` codec) through the real
+//! daemon, with raw sockets wherever framing matters: the client-side timeouts (CONTRACT.md
+//! "Timeouts on the client side") and a client that leaves mid-upload.
+//!
+//! Lower time bounds are taken from an instant the daemon cannot have started its timer before (the
+//! client's first write, its connect), so they are exact, with one allowance explained at
+//! [`TIMER_AFTER_WRITE`]; upper bounds are ceilings of 10 × the expected time or more (CONTRACT.md
+//! "Tests"). The timing tests print what they measured.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use support::admin::server_status;
+use support::client::{self, head_header, read_head, read_to_eof};
+use support::{eventually, pattern, within, Behaviour, Daemon, HttpBackend, POLL};
+
+/// The listener's `client_header_timeout` in the head tests.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The listener's `idle_timeout` in the idle tests.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// The listener line that sets [`HEADER_TIMEOUT`].
+fn header_timeout() -> String {
+    format!(
+        "client_header_timeout = \"{}ms\"",
+        HEADER_TIMEOUT.as_millis()
+    )
+}
+
+/// The listener line that sets [`IDLE`].
+fn idle_timeout() -> String {
+    format!("idle_timeout = \"{}ms\"", IDLE.as_millis())
+}
+
+/// How long a test waits for something the daemon does at once (a close, a count settling).
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Starts a daemon with `workers` worker threads, an admin endpoint, and listener `web` over
+/// upstream `app` whose servers are `servers`; `listener` and `upstream` are appended to their
+/// tables (`upstream` may end with a sub-table such as `[upstreams.app.ejection]`).
+async fn daemon(workers: usize, listener: &str, upstream: &str, servers: &[SocketAddr]) -> Daemon {
+    let servers = servers
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        r#"
+[runtime]
+worker_threads = {workers}
+shutdown_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.web]
+bind = "127.0.0.1:0"
+mode = "http"
+upstream = "app"
+{listener}
+
+[upstreams.app]
+servers = [ {servers} ]
+{upstream}
+"#
+    );
+    Daemon::builder(&config).start().await
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the complete chunked body at the start of `raw` (trailers included), `None`
+/// while it is incomplete.
+fn chunked_len(raw: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let eol = at + find(&raw[at..], b"\r\n")?;
+        let line = std::str::from_utf8(&raw[at..eol]).expect("chunk size line");
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size =
+            usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("chunk size {line:?}"));
+        at = eol + 2;
+        if size == 0 {
+            // Trailer lines, then the empty line.
+            loop {
+                let eol = at + find(&raw[at..], b"\r\n")?;
+                let empty = eol == at;
+                at = eol + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        if raw.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
+    }
+}
+
+/// A response as a [`RawClient`] read it.
+struct RawResponse {
+    head: String,
+    status: u16,
+    /// The body as it was on the wire (chunk framing included).
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        head_header(&self.head, name)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw HTTP/1 client connection: writes bytes as given, reads responses one at a time by their
+/// framing, and keeps what arrives past one response for the next.
+struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = within(client::CLIENT_DEADLINE, "connect", TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let _ = stream.set_nodelay(true);
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).await.expect("write");
+    }
+
+    /// Appends one read to the buffer; false at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await.expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads until the buffer holds a whole head and `body` bytes after it; the head's length.
+    async fn fill_head_and(&mut self, body: usize) -> usize {
+        within(client::CLIENT_DEADLINE, "reading a head", async {
+            loop {
+                if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                    if self.buf.len() >= at + 4 + body {
+                        return at + 4;
+                    }
+                }
+                assert!(
+                    self.fill().await,
+                    "EOF; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        })
+        .await
+    }
+
+    /// The next response; `to_head`: it answers a HEAD request, so it has no body whatever its
+    /// head says.
+    async fn response(&mut self, to_head: bool) -> RawResponse {
+        let end = self.fill_head_and(0).await;
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let body = within(client::CLIENT_DEADLINE, "reading a body", async {
+            let len = if to_head || status < 200 || status == 204 || status == 304 {
+                Some(0)
+            } else if head_header(&head, "transfer-encoding").is_some() {
+                loop {
+                    if let Some(n) = chunked_len(&self.buf) {
+                        break Some(n);
+                    }
+                    assert!(self.fill().await, "EOF in a chunked body after\n{head}");
+                }
+            } else if let Some(len) = head_header(&head, "content-length") {
+                let n: usize = len.parse().expect("content-length");
+                while self.buf.len() < n {
+                    assert!(self.fill().await, "EOF in a body after\n{head}");
+                }
+                Some(n)
+            } else {
+                None
+            };
+            match len {
+                Some(n) => self.buf.drain(..n).collect(),
+                None => {
+                    while self.fill().await {}
+                    std::mem::take(&mut self.buf)
+                }
+            }
+        })
+        .await;
+        RawResponse { head, status, body }
+    }
+
+    /// Reads until the server closes: what arrived before (bytes already buffered included), or
+    /// why the read failed.
+    async fn until_eof(&mut self) -> Result<Vec<u8>, String> {
+        let rest = read_to_eof(&mut self.stream).await?;
+        let mut all = std::mem::take(&mut self.buf);
+        all.extend_from_slice(&rest);
+        Ok(all)
+    }
+}
+
+/// Polls `/status` until server `addr`'s entry satisfies `cond`, and returns it; panics with the
+/// last entry after [`SETTLE`].
+async fn status_until(admin: SocketAddr, addr: SocketAddr, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = server_status(admin, "app", addr).await;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not settle within {SETTLE:?}: {s:#}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// ---- Timeouts on the client side -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_head_gets_408_after_client_header_timeout_and_reaches_no_server() {
+    let app = HttpBackend::start("app", Behaviour::Identity).await;
+    let d = daemon(2, &header_timeout(), "", &[app.addr()]).await;
+    let mut c = RawClient::connect(d.addr("web")).await;
+    let started = Instant::now();
+    c.send("GET /partial HTTP/1.1\r\nHost: partial.example\r\nX-Rest: never sent")
+        .await;
+    let r = c.response(false).await;
+    let took = started.elapsed();
+    println!("partial head: {} after {took:?}", r.status);
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert!(
+        took >= HEADER_TIMEOUT,
+        "408 after {took:?}, before client_header_timeout"
+    );
+    assert!(took < HEADER_TIMEOUT * 10, "408 after {took:?}");
+    assert_eq!(c.until_eof().await, Ok(Vec::new()), "closed after the 408");
+    assert_eq!(
+        (app.accepts(), app.requests()),
+        (0, 0),
+        "a partial head reached the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_head_gets_408_from_its_first_byte_not_per_read() {
+    const TRICKLE: Duration = Duration::from_millis(100);
+    let app = HttpBackend::start("app", Behaviour::Identity).await;
+    let d = daemon(2, &header_timeout(), "", &[app.addr()]).await;
+    let head = format!(
+        "GET /slow HTTP/1.1\r\nHost: slow.example\r\nUser-Agent: one byte per 100 ms\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(40)
+    );
+    // When the last byte would go out.
+    let whole = TRICKLE * (head.len() as u32 - 1);
+    let stream = TcpStream::connect(d.addr("web")).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut read, mut write) = stream.into_split();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let writer = {
+        let (sent, bytes) = (sent.clone(), head.clone().into_bytes());
+        Task(tokio::spawn(async move {
+            for b in bytes {
+                if write.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                // The trickle itself: one byte per read, each well within any per-read timer.
+                tokio::time::sleep(TRICKLE).await;
+            }
+            // The write half stays open (dropping it would send a FIN) until the task is aborted.
+            std::future::pending::<()>().await;
+        }))
+    };
+    let (answer, _) = within(
+        HEADER_TIMEOUT * 10,
+        "408 to a slowloris",
+        read_head(&mut read),
+    )
+    .await;
+    let took = started.elapsed();
+    let sent_then = sent.load(Ordering::SeqCst);
+    println!(
+        "slowloris: {:?} after {took:?}, {sent_then} of {} head bytes sent (the head would be whole after {whole:?})",
+        answer.lines().next().unwrap_or(""),
+        head.len()
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert_eq!(
+        head_header(&answer, "connection"),
+        Some("close"),
+        "{answer}"
+    );
+    assert!(
+        took >= HEADER_TIMEOUT,
+        "408 after {took:?}, before client_header_timeout"
+    );
+    assert!(
+        took < HEADER_TIMEOUT * 10 && took < whole / 2,
+        "408 after {took:?}: the timer restarted with each byte"
+    );
+    assert!(sent_then < head.len() / 2, "{sent_then} bytes sent");
+    read_to_eof(&mut read)
+        .await
+        .expect("the connection closes after the 408");
+    drop(writer);
+    assert_eq!(app.accepts(), 0, "a partial head reached the server");
+}
+
+/// The daemon arms its idle timer just after writing a response, and the client can read that
+/// response before the daemon reads its clock: a quiet close measured from the client's read may
+/// come this much under `idle_timeout`.
+const TIMER_AFTER_WRITE: Duration = Duration::from_millis(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_quietly_after_idle_timeout() {
+    let app = HttpBackend::start("app", Behaviour::Identity).await;
+    let d = daemon(2, &idle_timeout(), "", &[app.addr()]).await;
+    let web = d.addr("web");
+
+    // After one complete exchange.
+    let mut c = RawClient::connect(web).await;
+    c.send("GET / HTTP/1.1\r\nHost: idle.example\r\n\r\n").await;
+    let r = c.response(false).await;
+    let answered = Instant::now();
+    assert_eq!((r.status, r.text().as_str()), (200, "app"), "{}", r.head);
+    assert_eq!(r.header("connection"), None, "{}", r.head);
+    let tail = c.until_eof().await;
+    let idle_for = answered.elapsed();
+    println!("keep-alive connection closed {idle_for:?} after its response");
+    assert_eq!(tail, Ok(Vec::new()), "a quiet close sends nothing");
+    assert!(
+        idle_for + TIMER_AFTER_WRITE >= IDLE,
+        "closed {idle_for:?} after the response"
+    );
+    assert!(
+        idle_for < IDLE * 10,
+        "still open {idle_for:?} after the response"
+    );
+
+    // A connection that never sends a byte.
+    let mut silent = RawClient::connect(web).await;
+    let connected = Instant::now();
+    let tail = silent.until_eof().await;
+    let took = connected.elapsed();
+    println!("silent connection closed after {took:?}");
+    assert_eq!(tail, Ok(Vec::new()), "a quiet close sends nothing");
+    assert!(took >= IDLE, "closed after {took:?}");
+    assert!(took < IDLE * 10, "still open after {took:?}");
+    assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_after_idle_timeout_and_no_server_is_blamed() {
+    let a = HttpBackend::start("a", Behaviour::Checksum).await;
+    let b = HttpBackend::start("b", Behaviour::Checksum).await;
+    // One failure would eject a server (one of two may be ejected): the stalls must count as none.
+    let d = daemon(
+        2,
+        &idle_timeout(),
+        "[upstreams.app.ejection]\nconsecutive_failures = 1",
+        &[a.addr(), b.addr()],
+    )
+    .await;
+    // Round robin: one stalled upload for each server.
+    for i in 0..2 {
+        let mut c = RawClient::connect(d.addr("web")).await;
+        let started = Instant::now();
+        c.send("POST /upload HTTP/1.1\r\nHost: stall.example\r\nContent-Length: 10\r\n\r\nabc")
+            .await;
+        let r = c.response(false).await;
+        let took = started.elapsed();
+        println!(
+            "upload {i} stalled after 3 of 10 bytes: {} after {took:?}",
+            r.status
+        );
+        assert_eq!(r.status, 408, "{}", r.head);
+        assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+        assert!(r.header("x-backend").is_none(), "{}", r.head);
+        assert!(took >= IDLE, "408 after {took:?}, before idle_timeout");
+        assert!(took < IDLE * 10, "408 after {took:?}");
+        assert_eq!(c.until_eof().await, Ok(Vec::new()), "closed after the 408");
+    }
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+    assert!(
+        eventually(SETTLE, || a.closed() == 1 && b.closed() == 1).await,
+        "the stalled uploads' server connections stayed open"
+    );
+    for server in [&a, &b] {
+        let s = server_status(d.admin_addr(), "app", server.addr()).await;
+        assert_eq!(
+            s["failures"], 0,
+            "a stalled client blamed on the server: {s}"
+        );
+        assert_eq!(s["state"], "up", "{s}");
+        assert_eq!(s["in_flight"], 0, "{s}");
+    }
+}
+
+// ---- A client that leaves mid-upload ---------------------------------------------------------
+
+/// The daemon's open descriptors, by what they point at.
+fn open_fds(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(Result::ok)
+        .map(|e| match std::fs::read_link(e.path()) {
+            Ok(target) => target.display().to_string(),
+            Err(_) => "(closed while listed)".to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_upload_cuts_the_server_request_at_once_and_leaks_nothing() {
+    const DECLARED: usize = 10 * 1024 * 1024;
+    const SENT: usize = 1024 * 1024;
+    const CLIENTS: usize = 21;
+    let sum = HttpBackend::start("sum", Behaviour::Checksum).await;
+    let d = daemon(2, "", "", &[sum.addr()]).await;
+    let web = d.addr("web");
+    let baseline = open_fds(d.pid());
+    let body = pattern(0, SENT);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: gone.example\r\nContent-Length: {DECLARED}\r\n\r\n"
+    );
+    let mut cut_after = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = RawClient::connect(web).await;
+        c.send(&head).await;
+        c.send(&body).await;
+        assert!(
+            eventually(SETTLE, || sum.requests() == i + 1).await,
+            "client {i}: the upload never reached the server"
+        );
+        assert_eq!(
+            sum.closed(),
+            i,
+            "client {i}: a server connection closed early"
+        );
+        let left = Instant::now();
+        drop(c);
+        assert!(
+            eventually(SETTLE, || sum.closed() == i + 1).await,
+            "client {i}: the server's connection still open {SETTLE:?} after the client left"
+        );
+        cut_after.push(left.elapsed());
+    }
+    let slowest = cut_after.iter().max().copied().unwrap_or_default();
+    println!("server connection closed after the client left: {cut_after:?}");
+    assert!(slowest < Duration::from_secs(1), "cut after {slowest:?}");
+    assert_eq!(sum.accepts(), CLIENTS, "a cut connection was pooled");
+
+    let s = status_until(d.admin_addr(), sum.addr(), |s| s["in_flight"] == 0).await;
+    assert_eq!(
+        s["failures"], 0,
+        "a departed client blamed on the server: {s}"
+    );
+    assert_eq!(s["state"], "up", "{s}");
+
+    // Every client socket and server socket is closed again.
+    let deadline = Instant::now() + SETTLE;
+    let started = Instant::now();
+    loop {
+        let now = open_fds(d.pid());
+        if now.len() == baseline.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors open {SETTLE:?} after the last client, {} before the first\nbefore: {baseline:?}\nafter: {now:?}",
+            now.len(),
+            baseline.len()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    println!(
+        "descriptors back to {} within {:?}",
+        baseline.len(),
+        started.elapsed()
+    );
+}
