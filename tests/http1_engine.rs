@@ -1,6 +1,8 @@
 //! Fulcrum's HTTP/1 engine (`src/proxy/http/` on the `src/proxy/h1/` codec) through the real
 //! daemon, with raw sockets wherever framing matters: the client-side timeouts (CONTRACT.md
-//! "Timeouts on the client side") and a client that leaves mid-upload.
+//! "Timeouts on the client side"), a client that leaves mid-upload, pipelining, HTTP/1.0,
+//! `Expect: 100-continue` and other interim responses, bodiless responses, and the bytes that
+//! follow a WebSocket upgrade request.
 //!
 //! Lower time bounds are taken from an instant the daemon cannot have started its timer before (the
 //! client's first write, its connect), so they are exact, with one allowance explained at
@@ -11,18 +13,20 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use support::admin::server_status;
-use support::client::{self, head_header, read_head, read_to_eof};
-use support::{eventually, pattern, within, Behaviour, Daemon, HttpBackend, POLL};
+use support::backend::{WS_ACCEPT, WS_KEY};
+use support::client::{self, echo_roundtrip, head_header, read_head, read_to_eof};
+use support::raw::{RawHttpBackend, RawReply, Then};
+use support::{eventually, fnv1a, pattern, within, Behaviour, Daemon, HttpBackend, POLL};
 
 /// The listener's `client_header_timeout` in the head tests.
 const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -523,4 +527,407 @@ async fn a_client_gone_mid_upload_cuts_the_server_request_at_once_and_leaks_noth
         baseline.len(),
         started.elapsed()
     );
+}
+
+// ---- Pipelining, HTTP/1.0, 100-continue, bodiless responses ----------------------------------
+
+/// A raw server that answers each request with `METHOD PATH`, then ` BODY` when it had one (a
+/// chunked body as received), keeping the connection open.
+async fn echo_path_backend() -> RawHttpBackend {
+    RawHttpBackend::start(|req| {
+        let mut text = format!("{} {}", req.method, req.path);
+        if !req.body.is_empty() {
+            text.push(' ');
+            text.push_str(&String::from_utf8_lossy(&req.body));
+        }
+        RawReply::new(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            ),
+            Then::KeepAlive,
+        )
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let echo = echo_path_backend().await;
+    let d = daemon(2, "", "", &[echo.addr()]).await;
+    let mut c = RawClient::connect(d.addr("web")).await;
+    let host = "Host: pipe.example\r\n";
+    let writes = [
+        (
+            format!("GET /one HTTP/1.1\r\n{host}\r\nGET /two HTTP/1.1\r\n{host}\r\nGET /three HTTP/1.1\r\n{host}\r\n"),
+            vec!["GET /one", "GET /two", "GET /three"],
+        ),
+        (
+            format!("POST /form HTTP/1.1\r\n{host}Content-Length: 11\r\n\r\nhello worldGET /after HTTP/1.1\r\n{host}\r\n"),
+            vec!["POST /form hello world", "GET /after"],
+        ),
+        (
+            format!("POST /chunks HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /last HTTP/1.1\r\n{host}\r\n"),
+            vec!["POST /chunks 5\r\nhello\r\n0\r\n\r\n", "GET /last"],
+        ),
+    ];
+    for (bytes, expected) in writes {
+        c.send(&bytes).await;
+        let mut got = Vec::new();
+        for _ in &expected {
+            let r = c.response(false).await;
+            assert_eq!(r.status, 200, "{}", r.head);
+            assert_eq!(r.header("connection"), None, "{}", r.head);
+            got.push(r.text());
+        }
+        assert_eq!(got, expected, "responses to one write of {bytes:?}");
+        assert!(
+            c.buf.is_empty(),
+            "bytes past the last response: {:?}",
+            c.buf
+        );
+    }
+    assert_eq!(echo.requests(), 7);
+    assert_eq!(echo.accepts(), 1, "one server connection, reused in turn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_close_or_keep_alive_and_chunked_bodies_dechunked() {
+    let backend = RawHttpBackend::start(|req| {
+        let bytes = if req.path == "/chunked" {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                req.path.len(),
+                req.path
+            )
+        };
+        RawReply::new(bytes, Then::KeepAlive)
+    })
+    .await;
+    let d = daemon(2, "", "", &[backend.addr()]).await;
+    let web = d.addr("web");
+
+    // Without keep-alive: `Connection: close`, then the close.
+    let mut c = RawClient::connect(web).await;
+    c.send("GET /plain HTTP/1.0\r\nHost: old.example\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/plain"), "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert_eq!(
+        c.until_eof().await,
+        Ok(Vec::new()),
+        "closed after the response"
+    );
+
+    // With `Connection: keep-alive`: said back, and the connection carries a second request.
+    let mut c = RawClient::connect(web).await;
+    for path in ["/first", "/second"] {
+        c.send(format!(
+            "GET {path} HTTP/1.0\r\nHost: old.example\r\nConnection: keep-alive\r\n\r\n"
+        ))
+        .await;
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (200, path), "{}", r.head);
+        assert!(
+            r.header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")),
+            "{}",
+            r.head
+        );
+    }
+
+    // A chunked response: the data alone, delimited by the close (also when keep-alive was asked).
+    for keep_alive in ["", "Connection: keep-alive\r\n"] {
+        let mut c = RawClient::connect(web).await;
+        c.send(format!(
+            "GET /chunked HTTP/1.0\r\nHost: old.example\r\n{keep_alive}\r\n"
+        ))
+        .await;
+        let (head, rest) = read_head(&mut c.stream).await;
+        let body = [rest, read_to_eof(&mut c.stream).await.expect("read to EOF")].concat();
+        println!(
+            "HTTP/1.0 {keep_alive:?}, chunked response:\n{head}{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(head_header(&head, "transfer-encoding"), None, "{head}");
+        assert_eq!(head_header(&head, "content-length"), None, "{head}");
+        assert_eq!(head_header(&head, "connection"), Some("close"), "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), "hello world", "{head}");
+    }
+    assert_eq!(backend.requests(), 5);
+}
+
+/// A raw server that answers `Expect: 100-continue` with `100 Continue` as soon as it has the
+/// head, then reads the `Content-Length` body and sends it back in a 200.
+async fn continue_echo_backend() -> (SocketAddr, Task) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(at) = find(&buf, b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let len: usize = head_header(&head, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if head_header(&head, "expect")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+                    && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                {
+                    return;
+                }
+                let mut body = buf.split_off(end);
+                while body.len() < len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+                answer.extend_from_slice(&body[..len]);
+                let _ = s.write_all(&answer).await;
+            });
+        }
+    });
+    (addr, Task(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_reaches_the_client_before_it_sends_its_body() {
+    let hyper = HttpBackend::start("sum", Behaviour::Checksum).await;
+    let (raw, _raw_task) = continue_echo_backend().await;
+    let body = b"the body, sent only after 100 Continue";
+    for (name, server) in [("hyper", hyper.addr()), ("raw", raw)] {
+        let d = daemon(2, "", "", &[server]).await;
+        let mut c = RawClient::connect(d.addr("web")).await;
+        c.send(format!(
+            "POST /upload HTTP/1.1\r\nHost: continue.example\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        ))
+        .await;
+        let interim = c.response(false).await;
+        assert_eq!(interim.status, 100, "{name}: {}", interim.head);
+        assert!(
+            interim.head.starts_with("HTTP/1.1 100 "),
+            "{name}: {}",
+            interim.head
+        );
+        assert!(c.buf.is_empty(), "{name}: bytes after the 100: {:?}", c.buf);
+        c.send(body).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.head);
+        if name == "hyper" {
+            let sum: Value = serde_json::from_slice(&r.body).expect("JSON");
+            assert_eq!(sum["len"], body.len(), "{name}: {sum}");
+            assert_eq!(sum["fnv"], format!("{:016x}", fnv1a(body)), "{name}: {sum}");
+        } else {
+            assert_eq!(r.body, body, "{name}");
+        }
+    }
+    assert_eq!(hyper.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_reach_http11_clients_and_never_http10_ones() {
+    // RFC 9110 §15.2: a server must not send a 1xx response to an HTTP/1.0 client, which would
+    // take it for the final response.
+    let backend = RawHttpBackend::start(|_| {
+        RawReply::new(
+            "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+            Then::KeepAlive,
+        )
+    })
+    .await;
+    let d = daemon(2, "", "", &[backend.addr()]).await;
+    for version in ["1.1", "1.0"] {
+        let mut c = RawClient::connect(d.addr("web")).await;
+        c.send(format!(
+            "GET /hints HTTP/{version}\r\nHost: hints.example\r\nConnection: keep-alive\r\n\r\n"
+        ))
+        .await;
+        let first = c.response(false).await;
+        let last = if version == "1.1" {
+            assert_eq!(first.status, 103, "HTTP/{version}: {}", first.head);
+            assert_eq!(
+                first.header("link"),
+                Some("</style.css>; rel=preload"),
+                "HTTP/{version}: {}",
+                first.head
+            );
+            c.response(false).await
+        } else {
+            first
+        };
+        assert_eq!(
+            (last.status, last.text().as_str()),
+            (200, "final"),
+            "HTTP/{version}: {}",
+            last.head
+        );
+        assert!(c.buf.is_empty(), "HTTP/{version}: stray bytes {:?}", c.buf);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_relay_no_body_and_the_connection_stays_in_step() {
+    let backend = RawHttpBackend::start(|req| {
+        let bytes = match (req.method.as_str(), req.path.as_str()) {
+            ("HEAD", _) => "HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Kind: head\r\n\r\n",
+            (_, "/204") => "HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n",
+            (_, "/304") => {
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 11\r\nETag: \"v1\"\r\n\r\n"
+            }
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
+        };
+        RawReply::new(bytes, Then::KeepAlive)
+    })
+    .await;
+    let d = daemon(2, "", "", &[backend.addr()]).await;
+    let mut c = RawClient::connect(d.addr("web")).await;
+    for (request, to_head, status, length) in [
+        ("HEAD /page", true, 200, Some("11")),
+        ("GET /204", false, 204, None),
+        ("GET /304", false, 304, Some("11")),
+    ] {
+        c.send(format!(
+            "{request} HTTP/1.1\r\nHost: bodiless.example\r\n\r\n"
+        ))
+        .await;
+        let r = c.response(to_head).await;
+        assert_eq!(r.status, status, "{request}: {}", r.head);
+        assert_eq!(r.header("content-length"), length, "{request}: {}", r.head);
+        assert_eq!(r.header("transfer-encoding"), None, "{request}: {}", r.head);
+        // The next bytes on the connection must be the next response.
+        c.send("GET /next HTTP/1.1\r\nHost: bodiless.example\r\n\r\n")
+            .await;
+        let next = c.response(false).await;
+        assert_eq!(
+            (next.status, next.text().as_str()),
+            (200, "hello world"),
+            "after {request}: {}",
+            next.head
+        );
+        assert!(c.buf.is_empty(), "after {request}: stray bytes {:?}", c.buf);
+    }
+    assert_eq!(backend.requests(), 6);
+    assert_eq!(
+        backend.accepts(),
+        1,
+        "one server connection carried every exchange, so its framing stayed in step too"
+    );
+}
+
+// ---- WebSocket -------------------------------------------------------------------------------
+
+/// A raw WebSocket server: reads the upgrade request's head, keeps what arrives with it or within
+/// a moment after (none should: Fulcrum holds it until the 101), answers 101, then echoes.
+struct WsServer {
+    addr: SocketAddr,
+    before_101: Arc<Mutex<Option<Vec<u8>>>>,
+    _task: Task,
+}
+
+impl WsServer {
+    /// How long the server watches for bytes before it answers 101 (idleness on purpose).
+    const WATCH: Duration = Duration::from_millis(100);
+
+    async fn start() -> WsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let before_101 = Arc::new(Mutex::new(None));
+        let seen = before_101.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        if let Some(at) = find(&buf, b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let mut early = buf.split_off(end);
+                    if let Ok(Ok(n)) = tokio::time::timeout(Self::WATCH, s.read(&mut chunk)).await {
+                        early.extend_from_slice(&chunk[..n]);
+                    }
+                    *seen.lock().unwrap() = Some(early.clone());
+                    let answer = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err()
+                        || s.write_all(&early).await.is_err()
+                    {
+                        return;
+                    }
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        WsServer {
+            addr,
+            before_101,
+            _task: Task(task),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_a_websocket_upgrade_request_reach_the_server_after_its_101() {
+    let hyper = HttpBackend::start("ws", Behaviour::WebSocketEcho).await;
+    let raw = WsServer::start().await;
+    let early = b"\x81\x05early";
+    for (name, server) in [("hyper", hyper.addr()), ("raw", raw.addr)] {
+        let d = daemon(2, "", "", &[server]).await;
+        let mut s = TcpStream::connect(d.addr("web")).await.expect("connect");
+        let mut first = format!(
+            "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
+        )
+        .into_bytes();
+        first.extend_from_slice(early);
+        s.write_all(&first).await.expect("write");
+        let (head, mut echoed) = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{name}: {head}");
+        within(client::CLIENT_DEADLINE, "the early bytes' echo", async {
+            let mut chunk = [0u8; 64];
+            while echoed.len() < early.len() {
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "{name}: EOF after {echoed:?}");
+                echoed.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        assert_eq!(echoed, early, "{name}: the early bytes, echoed");
+        echo_roundtrip(&mut s, b"\x81\x05later").await;
+    }
+    assert_eq!(
+        raw.before_101.lock().unwrap().as_deref(),
+        Some(&[][..]),
+        "bytes reached the server before its 101"
+    );
+    assert_eq!(hyper.requests(), 1);
 }
