@@ -1,8 +1,9 @@
 //! Fulcrum's HTTP/1 engine (`src/proxy/http/` on the `src/proxy/h1/` codec) through the real
 //! daemon, with raw sockets wherever framing matters: the client-side timeouts (CONTRACT.md
 //! "Timeouts on the client side"), a client that leaves mid-upload, pipelining, HTTP/1.0,
-//! `Expect: 100-continue` and other interim responses, bodiless responses, and the bytes that
-//! follow a WebSocket upgrade request.
+//! `Expect: 100-continue`, bodiless responses, the header rules the old core left untested
+//! ("Headers"), the server pool's expiry, cap and hygiene, and the bytes that follow a WebSocket
+//! upgrade request.
 //!
 //! Lower time bounds are taken from an instant the daemon cannot have started its timer before (the
 //! client's first write, its connect), so they are exact, with one allowance explained at
@@ -16,15 +17,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::{Request, StatusCode};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use support::admin::server_status;
 use support::backend::{WS_ACCEPT, WS_KEY};
-use support::client::{self, echo_roundtrip, head_header, read_head, read_to_eof};
+use support::client::{self, echo_roundtrip, head_header, read_head, read_to_eof, H1Client};
 use support::raw::{RawHttpBackend, RawReply, Then};
 use support::{eventually, fnv1a, pattern, within, Behaviour, Daemon, HttpBackend, POLL};
 
@@ -831,6 +834,312 @@ async fn head_204_and_304_relay_no_body_and_the_connection_stays_in_step() {
         backend.accepts(),
         1,
         "one server connection carried every exchange, so its framing stayed in step too"
+    );
+}
+
+// ---- Headers ---------------------------------------------------------------------------------
+
+/// Every value of header `name` the `EchoRequest` backend saw, in order.
+fn seen(echo: &Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|kv| kv[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+        .map(|kv| kv[1].as_str().expect("value").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authorization_and_proxy_authenticate_are_removed() {
+    let app = HttpBackend::start("app", Behaviour::EchoRequest).await;
+    let d = daemon(2, "", "", &[app.addr()]).await;
+    let mut c = H1Client::connect(d.addr("web")).await;
+    let req = Request::builder()
+        .uri("/private")
+        .header("host", "auth.example")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("authorization", "Bearer end-to-end")
+        .body(client::empty())
+        .expect("request");
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let echo = r.json();
+    assert_eq!(
+        seen(&echo, "proxy-authorization"),
+        Vec::<String>::new(),
+        "{echo}"
+    );
+    assert_eq!(
+        seen(&echo, "authorization"),
+        ["Bearer end-to-end"],
+        "{echo}"
+    );
+
+    app.set_behaviour(Behaviour::Headers(vec![
+        ("proxy-authenticate", "Basic realm=\"proxy\""),
+        ("www-authenticate", "Basic realm=\"app\""),
+    ]));
+    let r = c.get("/private").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.header("proxy-authenticate"), None, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"app\""),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_lines_are_joined_in_order_then_the_client() {
+    let app = HttpBackend::start("app", Behaviour::EchoRequest).await;
+    let d = daemon(2, "", "", &[app.addr()]).await;
+    let mut c = RawClient::connect(d.addr("web")).await;
+    c.send(
+        "GET /xff HTTP/1.1\r\nHost: xff.example\r\nX-Forwarded-For: 203.0.113.7, 192.0.2.1\r\n\
+         X-Other: between\r\nX-Forwarded-For: 198.51.100.9\r\n\r\n",
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let echo: Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(
+        seen(&echo, "x-forwarded-for").join(", "),
+        "203.0.113.7, 192.0.2.1, 198.51.100.9, 127.0.0.1",
+        "{echo}"
+    );
+}
+
+// ---- The server connection pool --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_pooled_connection_is_never_handed_out() {
+    // The sweep closes expired connections every quarter of the timeout (100 ms) as well; a round
+    // shows that checkout itself refuses them only when the request comes before the sweep did,
+    // which the server sees as the old connection still open. Three such rounds are required.
+    const POOL_IDLE: Duration = Duration::from_millis(400);
+    const PAST_EXPIRY: Duration = Duration::from_millis(50);
+    const NEEDED: usize = 3;
+    const MOST_ROUNDS: usize = 20;
+    let app = HttpBackend::start("app", Behaviour::Identity).await;
+    // One worker: one pool.
+    let pool = format!("pool_idle_timeout = \"{}ms\"", POOL_IDLE.as_millis());
+    let d = daemon(1, "", &pool, &[app.addr()]).await;
+    let mut c = H1Client::connect(d.addr("web")).await;
+    assert_eq!(c.get("/").await.status, StatusCode::OK);
+    let mut before_sweep = 0;
+    let mut rounds = 0;
+    while before_sweep < NEEDED {
+        rounds += 1;
+        assert!(
+            rounds <= MOST_ROUNDS,
+            "only {before_sweep} of {MOST_ROUNDS} rounds came before the sweep"
+        );
+        // One server connection open (pooled); the ones before it closed.
+        assert!(
+            eventually(SETTLE, || app.closed() + 1 == app.accepts()).await,
+            "round {rounds}: {} connections opened, {} closed",
+            app.accepts(),
+            app.closed()
+        );
+        let (accepts, closed) = (app.accepts(), app.closed());
+        // Idle past the pooled connection's expiry, on purpose.
+        tokio::time::sleep(POOL_IDLE + PAST_EXPIRY).await;
+        let still_open = app.closed() == closed;
+        assert_eq!(c.get("/").await.status, StatusCode::OK);
+        assert_eq!(
+            app.accepts(),
+            accepts + 1,
+            "round {rounds}: a connection idle for {:?} (pool_idle_timeout {POOL_IDLE:?}) was used again{}",
+            POOL_IDLE + PAST_EXPIRY,
+            if still_open { " (the sweep had not closed it)" } else { "" }
+        );
+        before_sweep += usize::from(still_open);
+    }
+    println!(
+        "{rounds} rounds, {before_sweep} of them before the sweep closed the expired connection"
+    );
+    assert!(
+        eventually(SETTLE, || app.closed() == app.accepts() - 1).await,
+        "expired connections left open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_max_idle_per_server_caps_the_connections_kept() {
+    let gate = Arc::new(Semaphore::new(0));
+    let app = HttpBackend::start("app", Behaviour::Gated(gate.clone())).await;
+    // One worker: one pool, capped at one idle connection.
+    let d = daemon(1, "", "pool_max_idle_per_server = 1", &[app.addr()]).await;
+    let (web, admin) = (d.addr("web"), d.admin_addr());
+    // Three requests at once need three connections; of those, one is kept. The next three at
+    // once take it and open two more: 3 + 2 (with the cap ignored, 3 + 0).
+    for (batch, accepts) in [(1, 3), (2, 5)] {
+        let before = app.requests();
+        let clients: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(client::get_once(web, "/")))
+            .collect();
+        assert!(
+            eventually(SETTLE, || app.requests() == before + 3).await,
+            "batch {batch}: three requests not all in flight"
+        );
+        assert_eq!(
+            app.accepts(),
+            accepts,
+            "batch {batch}: server connections opened"
+        );
+        gate.add_permits(3);
+        for client in clients {
+            let r = client.await.expect("client task");
+            assert_eq!(r.status, StatusCode::OK, "batch {batch}: {r:?}");
+        }
+        // Every exchange has checked its connection in (or closed it) before its slot is freed.
+        status_until(admin, app.addr(), |s| s["in_flight"] == 0).await;
+    }
+    assert!(
+        eventually(SETTLE, || app.closed() == 4).await,
+        "{} of 5 connections closed: the pool kept more than one",
+        app.closed()
+    );
+}
+
+/// A server whose `/big` response (1 MiB, with its length) stops twice: after its head and a first
+/// 64 KiB, until the test says go; then after 1 KiB more, until its connection either closes or
+/// carries another request. That request gets the rest of `/big` first, as any server sends it
+/// when a client reuses a connection in mid-response. Every other path gets `small`.
+///
+/// The second part is smaller than one read of the daemon's, so once the daemon has failed to pass
+/// it on, the connection has nothing unread: only the exchange's own decision keeps it out of the
+/// pool (a check of the socket at checkout would find it quiet).
+struct PausingServer {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    go: Arc<Notify>,
+    _task: Task,
+}
+
+impl PausingServer {
+    const BIG: usize = 1024 * 1024;
+    const FIRST: usize = 64 * 1024;
+    const SECOND: usize = 1024;
+    const SMALL: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall";
+
+    async fn start() -> PausingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let go = Arc::new(Notify::new());
+        let task = {
+            let (accepts, closed, go) = (accepts.clone(), closed.clone(), go.clone());
+            tokio::spawn(async move {
+                while let Ok((s, _)) = listener.accept().await {
+                    accepts.fetch_add(1, Ordering::SeqCst);
+                    let (closed, go) = (closed.clone(), go.clone());
+                    tokio::spawn(async move {
+                        Self::serve(s, &go).await;
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            })
+        };
+        PausingServer {
+            addr,
+            accepts,
+            closed,
+            go,
+            _task: Task(task),
+        }
+    }
+
+    async fn serve(mut s: TcpStream, go: &Notify) {
+        let body = pattern(0, Self::BIG);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let end = loop {
+                if let Some(at) = find(&buf, b"\r\n\r\n") {
+                    break at + 4;
+                }
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head: Vec<u8> = buf.drain(..end).collect();
+            if !head.starts_with(b"GET /big ") {
+                if s.write_all(Self::SMALL).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let start = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", Self::BIG);
+            let second = Self::FIRST + Self::SECOND;
+            if s.write_all(start.as_bytes()).await.is_err()
+                || s.write_all(&body[..Self::FIRST]).await.is_err()
+            {
+                return;
+            }
+            go.notified().await;
+            if s.write_all(&body[Self::FIRST..second]).await.is_err() {
+                return;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if s.write_all(&body[second..]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_response_was_cut_is_not_pooled() {
+    let server = PausingServer::start().await;
+    // One worker: the next request would find the cut connection in the same pool.
+    let d = daemon(1, "", "", &[server.addr]).await;
+    let web = d.addr("web");
+    let mut c = RawClient::connect(web).await;
+    c.send("GET /big HTTP/1.1\r\nHost: cut.example\r\n\r\n")
+        .await;
+    // The whole first part: the daemon has passed on all it read and waits for more.
+    let end = c.fill_head_and(PausingServer::FIRST).await;
+    let head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // The client goes away mid-body (a reset, so the daemon's next write fails at once); the
+    // server then sends more, which the daemon cannot pass on.
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(c);
+    server.go.notify_one();
+    let s = status_until(d.admin_addr(), server.addr, |s| s["in_flight"] == 0).await;
+    assert_eq!(
+        s["failures"], 0,
+        "a departed client blamed on the server: {s}"
+    );
+
+    let mut c = RawClient::connect(web).await;
+    c.send("GET /small HTTP/1.1\r\nHost: cut.example\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "small"),
+        "the next request was answered with the rest of the cut response: {}",
+        r.head
+    );
+    assert_eq!(
+        server.accepts.load(Ordering::SeqCst),
+        2,
+        "a new connection for the next request"
+    );
+    assert!(
+        eventually(SETTLE, || server.closed.load(Ordering::SeqCst) == 1).await,
+        "the cut connection was never closed"
     );
 }
 
