@@ -2,7 +2,7 @@
 //! wire: send a head and a body, get a response head; then read the response body.
 //!
 //! [`exchange`] writes the request head, then in one poll loop sends the body, passes interim
-//! (1xx) responses on to an HTTP/1 client as they come, and reads the response head, with
+//! (1xx) responses on to an HTTP/1.1 client as they come, and reads the response head, with
 //! `response_timeout` running once the body has been sent. A server that answers before the body
 //! has all been sent gets its answer relayed; the rest of the body is not read, and the client
 //! connection closes after the response. [`Downstream`] then reads the body by its framing and
@@ -51,7 +51,7 @@ pub struct Reply {
 }
 
 /// Sends `head` and `upload` to the server on `up` and reads its response head. Interim
-/// responses (1xx but 101) are rewritten and written to `interim` (an HTTP/1 client) or dropped.
+/// responses (1xx but 101) are rewritten and written to `interim` (an HTTP/1.1 client) or dropped.
 pub async fn exchange(
     up: &TcpStream,
     head: &[u8],

@@ -47,7 +47,8 @@ pub struct Outgoing<'r, 'c> {
     pub head_request: bool,
     /// A WebSocket upgrade: a fresh connection, never pooled.
     pub websocket: bool,
-    /// The HTTP/1 client, to pass interim responses on to.
+    /// The HTTP/1.1 client, to pass interim responses on to (`None`: they are dropped, for
+    /// HTTP/1.0 and h2 clients).
     pub interim: Option<&'r TcpStream>,
 }
 

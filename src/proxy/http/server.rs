@@ -419,7 +419,7 @@ impl Exchange<'_> {
             replayable,
             head_request: head.method == Method::HEAD,
             websocket: head.websocket,
-            // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+            // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer.
             interim: (!http10).then_some(self.stream),
         };
         let outcome = forward::forward(ctx, self.snap, attempts, &mut req).await;
