@@ -12,6 +12,7 @@ pub mod http;
 pub mod tcp;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::ProxyError;
 
@@ -43,6 +44,8 @@ pub struct ListenerCtx {
     pub metrics: ListenerMetrics,
     /// The daemon's count of in-flight work (connections and tunnels), for the shutdown drain.
     pub tracker: Tracker,
+    /// The listener's `idle_timeout`: a tcp session with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl ListenerCtx {
@@ -72,6 +75,7 @@ impl ListenerCtx {
             name,
             route,
             tracker,
+            idle_timeout: config.idle_timeout,
         }
     }
 }

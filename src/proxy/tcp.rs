@@ -1,6 +1,7 @@
 //! L4: pair each client connection with a connection to one server and copy bytes both ways until
-//! both sides close. A half-close (FIN) from one side is passed on to the other, so protocols that
-//! end their request by shutting down the write side work through the proxy.
+//! both sides close, or until no byte has moved either way for the listener's `idle_timeout`. A
+//! half-close (FIN) from one side is passed on to the other, so protocols that end their request by
+//! shutting down the write side work through the proxy.
 //!
 //! The copy holds memory only while bytes are in flight: each direction waits for its source to
 //! become readable with no buffer, takes a [`Block`] from the worker's pool, reads into it, writes
@@ -8,16 +9,22 @@
 //! costs its two sockets and its task (tokio's `copy_bidirectional` kept two 8 KiB buffers for the
 //! session's whole life; README, Benchmarks, has the RSS per idle session before and after).
 //!
+//! The idle timer is one deadline for both directions: a session in which only the server talks is
+//! not idle. A byte does not touch the timer, it only notes its time; when the timer fires, it is
+//! moved to that time plus `idle_timeout` unless that has passed too, and then the session closes.
+//!
 //! Outcomes: a connect error or timeout is a failure and moves to the next candidate; after that,
 //! a reset from the server before its first byte is a failure (the server accepted and then died),
 //! and a session in which the server sent anything is a success. The connect time is recorded as
 //! the server's response time.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -53,11 +60,14 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, client: TcpStream, peer: So
             }
         };
         slot.record_response_time(started);
-        let session = relay(&client, &stream).await;
+        let session = relay(&client, &stream, ctx.idle_timeout).await;
         let (up, down) = (session.up, session.down);
         match &session.end {
             End::Closed => {
                 debug!(%peer, server = %server.config.address, up, down, "tcp session closed")
+            }
+            End::Idle => {
+                debug!(%peer, server = %server.config.address, up, down, "tcp session idle for idle_timeout; closing it")
             }
             End::Failed(e) => {
                 debug!(%peer, server = %server.config.address, up, down, error = %e, "tcp session ended with an error")
@@ -103,6 +113,8 @@ struct SessionError {
 enum End {
     /// Both directions ended with EOF.
     Closed,
+    /// No byte moved either way for `idle_timeout`.
+    Idle,
     /// A socket failed.
     Failed(SessionError),
 }
@@ -131,12 +143,15 @@ impl Session {
     }
 }
 
-/// Copies both ways between `client` and `server` until both directions have ended or a socket
-/// fails.
-async fn relay(client: &TcpStream, server: &TcpStream) -> Session {
+/// Copies both ways between `client` and `server` until both directions have ended, a socket
+/// fails, or no byte has moved either way for `idle`.
+async fn relay(client: &TcpStream, server: &TcpStream, idle: Duration) -> Session {
     let mut up = Pump::new(Side::Client, Side::Server);
     let mut down = Pump::new(Side::Server, Side::Client);
+    let mut last_byte = Instant::now();
+    let mut timer = pin!(tokio::time::sleep(idle));
     let end = poll_fn(|cx| {
+        let before = up.moved + down.moved;
         for (pump, from, to) in [(&mut up, client, server), (&mut down, server, client)] {
             if let Poll::Ready(Err(e)) = pump.poll(cx, from, to) {
                 return Poll::Ready(End::Failed(e));
@@ -144,6 +159,16 @@ async fn relay(client: &TcpStream, server: &TcpStream) -> Session {
         }
         if up.done && down.done {
             return Poll::Ready(End::Closed);
+        }
+        if up.moved + down.moved != before {
+            last_byte = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_byte + idle;
+            if deadline <= timer.deadline() {
+                return Poll::Ready(End::Idle);
+            }
+            timer.as_mut().reset(deadline);
         }
         Poll::Pending
     })
@@ -255,7 +280,9 @@ mod tests {
     async fn a_session_between_bytes_holds_no_block() {
         let (mut client, client_accepted) = pair().await;
         let (server_connected, mut server) = pair().await;
-        let session = tokio::spawn(async move { relay(&client_accepted, &server_connected).await });
+        let session = tokio::spawn(async move {
+            relay(&client_accepted, &server_connected, Duration::from_secs(60)).await
+        });
         // One block at a time is in use, so after each message the pool has it back.
         let pooled = Block::pooled().max(1);
         let mut buf = [0u8; 4];
