@@ -129,16 +129,18 @@ pub async fn accept_loop(
         let guard = ctx.tracker.guard();
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            match mode {
-                Mode::Http => {
-                    proxy::http::serve_connection(Arc::clone(&ctx), stream, peer, shutdown).await
-                }
-                Mode::Tcp => proxy::tcp::serve_connection(Arc::clone(&ctx), stream, peer).await,
-            }
-            ctx.metrics.active.decrement(1.0);
-            drop(guard);
-            drop(permit);
-        });
+        // One task type per mode, so that each connection's task is sized for its own protocol.
+        match mode {
+            Mode::Http => tokio::spawn(async move {
+                proxy::http::serve_connection(Arc::clone(&ctx), stream, peer, shutdown).await;
+                ctx.metrics.active.decrement(1.0);
+                drop((guard, permit));
+            }),
+            Mode::Tcp => tokio::spawn(async move {
+                proxy::tcp::serve_connection(Arc::clone(&ctx), stream, peer).await;
+                ctx.metrics.active.decrement(1.0);
+                drop((guard, permit));
+            }),
+        };
     }
 }

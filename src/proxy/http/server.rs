@@ -144,7 +144,7 @@ pub async fn serve(
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Tunnel(upstream, slot) => {
-                Box::pin(tunnel(stream, upstream, &mut inbox)).await;
+                Box::pin(tunnel(stream, upstream, &mut inbox, ctx.idle_timeout)).await;
                 drop(slot);
                 return;
             }
@@ -555,16 +555,15 @@ impl Exchange<'_> {
     }
 }
 
-/// Joins the client and the server of an accepted WebSocket upgrade until both sides close;
-/// bytes the client sent after its request head go to the server first.
-async fn tunnel(mut client: TcpStream, mut server: TcpStream, inbox: &mut Inbox) {
+/// Joins the client and the server of an accepted WebSocket upgrade until both sides close, or
+/// nothing moves either way for `idle_timeout` (like an L4 session); bytes the client sent after
+/// its request head go to the server first.
+async fn tunnel(client: TcpStream, server: TcpStream, inbox: &mut Inbox, idle: Duration) {
     if !inbox.unread().is_empty() && write_all(&server, inbox.unread()).await.is_err() {
         return;
     }
     *inbox = Inbox::default();
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        debug!(error = %e, "tunnel ended with an error");
-    }
+    crate::proxy::tcp::join(&client, &server, idle).await;
 }
 
 #[cfg(test)]
