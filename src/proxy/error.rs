@@ -83,7 +83,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "405 Method Not Allowed",
             ProxyError::HeadTimeout => "408 Request Timeout: request head not received in time",
             ProxyError::BodyTimeout => "408 Request Timeout: request body stalled",
-            ProxyError::BodyTooLarge => "413 Content Too Large",
+            ProxyError::BodyTooLarge => "413 Payload Too Large",
             ProxyError::UriTooLong => "414 URI Too Long",
             ProxyError::HeadTooLarge => "431 Request Header Fields Too Large",
         }

@@ -113,10 +113,17 @@ pub fn request(head: &RequestHead, buf: &[u8], client_ip: &str, out: &mut Out) {
         out.put(b"Host: ");
         out.put(authority.get(buf));
         out.put(b"\r\n");
+    } else if head.host.is_none() {
+        // An HTTP/1.0 request without `Host` goes on as HTTP/1.1, which needs one: empty, as
+        // RFC 9112 §3.2 says for a target without an authority.
+        out.put(b"Host: \r\n");
     }
+    let http10 = head.version == http::Version::HTTP_10;
     for field in head.fields.iter() {
         match field.kind {
             Kind::Host if absolute.is_some() => {}
+            // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+            Kind::Other if http10 && field.name.get(buf).eq_ignore_ascii_case(b"expect") => {}
             Kind::ForwardedProto | Kind::ForwardedFor => {}
             _ if passes(field, &head.fields, buf) => put_field(out, buf, field),
             _ => {}

@@ -75,8 +75,13 @@ fn framing_and_upgrade_are_written_by_the_proxy() {
         "{ws}"
     );
     assert!(ws.contains("Sec-WebSocket-Key: k\r\n"), "{ws}");
-    let old = rewritten("GET / HTTP/1.0\r\n\r\n");
-    assert!(old.starts_with("GET / HTTP/1.1\r\n"), "{old}");
+    let old = rewritten("GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n");
+    assert!(old.starts_with("GET / HTTP/1.1\r\nHost: \r\n"), "{old}");
+    assert!(!old.to_ascii_lowercase().contains("expect"), "{old}");
+    let with_host = rewritten("GET / HTTP/1.0\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(with_host.matches("Host:").count(), 1, "{with_host}");
+    let expect11 = rewritten("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
+    assert!(expect11.contains("\r\nExpect: 100-continue\r\n"), "{expect11}");
 }
 
 fn response_for(text: &str, leg: ClientLeg) -> String {
