@@ -118,6 +118,7 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
             ));
         }
         tokio::spawn(metrics_upkeep(metrics));
+        tokio::spawn(return_freed_memory());
         let signal = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
@@ -192,6 +193,15 @@ fn worker(
         // Connection tasks run until the control thread ends the process after the drain.
         std::future::pending::<()>().await;
     });
+}
+
+/// Once a second, hands memory the workers freed after a burst back to the operating system.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        crate::proxy::buffer::return_freed_memory();
+    }
 }
 
 /// Keeps the Prometheus exporter's histograms bounded (the exporter does no upkeep by itself when

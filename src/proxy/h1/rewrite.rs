@@ -25,10 +25,10 @@ impl Default for Out {
 }
 
 impl Out {
-    /// An empty head in a block from the worker's pool.
+    /// An empty head in a head block from the worker's pool.
     pub fn new() -> Out {
         Out {
-            block: Block::take(),
+            block: Block::head(),
             len: 0,
         }
     }
@@ -44,22 +44,9 @@ impl Out {
         self.len = end;
     }
 
-    /// Appends as much of `bytes` as fits in the block without growing it; returns how much.
-    pub fn put_some(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.block.len() - self.len);
-        self.block[self.len..self.len + n].copy_from_slice(&bytes[..n]);
-        self.len += n;
-        n
-    }
-
     /// What has been written.
     pub fn bytes(&self) -> &[u8] {
         &self.block[..self.len]
-    }
-
-    /// Forgets what has been written (the block is kept).
-    pub fn clear(&mut self) {
-        self.len = 0;
     }
 
     /// Bytes written so far.

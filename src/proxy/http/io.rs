@@ -42,3 +42,27 @@ pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Writes all of `first` then all of `second`, in one `writev` when the socket takes them.
+pub async fn write_all_pair(
+    stream: &TcpStream,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    while !first.is_empty() {
+        let n = std::future::poll_fn(|cx| loop {
+            ready!(stream.poll_write_ready(cx))?;
+            let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+            match stream.try_write_vectored(&slices) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                other => return Poll::Ready(other),
+            }
+        })
+        .await?;
+        let in_first = n.min(first.len());
+        first = &first[in_first..];
+        second = &second[n - in_first..];
+    }
+    write_all(stream, second).await
+}

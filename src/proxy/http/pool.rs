@@ -146,13 +146,15 @@ pub fn sweep_interval(shortest_idle_timeout: Duration) -> Duration {
     (shortest_idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-/// Closes this worker's expired idle connections every `interval`, for as long as the worker runs.
+/// Closes this worker's expired idle connections every `interval`, for as long as the worker runs,
+/// and shrinks its free blocks when it took none since the last sweep.
 pub async fn sweep_forever(interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         sweep(Instant::now());
+        crate::proxy::buffer::shrink_if_idle();
     }
 }
 

@@ -81,7 +81,10 @@ fn framing_and_upgrade_are_written_by_the_proxy() {
     let with_host = rewritten("GET / HTTP/1.0\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
     assert_eq!(with_host.matches("Host:").count(), 1, "{with_host}");
     let expect11 = rewritten("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
-    assert!(expect11.contains("\r\nExpect: 100-continue\r\n"), "{expect11}");
+    assert!(
+        expect11.contains("\r\nExpect: 100-continue\r\n"),
+        "{expect11}"
+    );
 }
 
 fn response_for(text: &str, leg: ClientLeg) -> String {
