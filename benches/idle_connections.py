@@ -4,9 +4,11 @@
     benches/idle_connections.py PORT PID [N=5000]
     benches/idle_connections.py --tcp FULCRUM_BINARY [N=10000]
 
-HTTP: opens N connections to an HTTP listener on 127.0.0.1:PORT, sends one request on each, reads
-the responses, holds them idle for a second, and reports the RSS growth per connection of process
-PID (the daemon's, or any proxy's: compare proxies by running it against each).
+HTTP: opens N connections to an HTTP listener on 127.0.0.1:PORT and reports the RSS growth per
+connection of process PID (the daemon's, or any proxy's: compare proxies by running it against
+each) twice: silent (connected, nothing sent, after 1.5 s) and after one request on each (all N
+requests written, then all responses read, then 5 s idle, the time a proxy that releases memory
+after a burst, as Fulcrum and HAProxy do, needs to do so).
 
 --tcp: starts FULCRUM_BINARY (2 workers) with one tcp listener over a server this script plays,
 opens N sessions one after another, passes one byte each way through every one (so each session
@@ -71,11 +73,11 @@ def report(what: str, count: int, before: int, after: int) -> None:
 def http_connections(port: int, pid: str, count: int) -> None:
     raise_nofile(count + 100)
     before = rss_kib(pid)
-    conns = []
-    for _ in range(count):
-        conn = socket.create_connection(("127.0.0.1", port))
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    time.sleep(1.5)
+    report("silent connections", count, before, rss_kib(pid))
+    for conn in conns:
         conn.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-        conns.append(conn)
     for conn in conns:
         head = b""
         while b"\r\n\r\n" not in head:
@@ -83,8 +85,8 @@ def http_connections(port: int, pid: str, count: int) -> None:
             if not chunk:
                 raise SystemExit("the server closed a connection")
             head += chunk
-    time.sleep(1)
-    report("idle keep-alive connections", count, before, rss_kib(pid))
+    time.sleep(5)
+    report("idle keep-alive connections after one request", count, before, rss_kib(pid))
 
 
 def start_daemon(binary: str, config: str) -> tuple:
