@@ -10,6 +10,7 @@ pub mod buffer;
 mod error;
 pub mod h1;
 pub mod http;
+pub mod io;
 pub mod tcp;
 
 use std::sync::Arc;

@@ -247,7 +247,7 @@ impl Pump {
                 Poll::Ready(ready) => ready.map_err(|e| fail(self.from, e))?,
             }
             let block = self.block.get_or_insert_with(Block::take);
-            match from.try_read(block) {
+            match crate::proxy::io::read_now(from, block) {
                 Ok(0) => {
                     self.block = None;
                     self.done = true;

@@ -16,12 +16,12 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::io::{poll_read, poll_write, write_all};
 use super::upload::{ClientFault, Upload, UploadError};
 use crate::proxy::buffer::{Block, BLOCK_SIZE};
 use crate::proxy::h1::chunked::Decoder;
 use crate::proxy::h1::response::{self, BodyFraming, ResponseHead, MOST_RESPONSE_HEAD};
 use crate::proxy::h1::rewrite::{self, ClientLeg, Out};
+use crate::proxy::io::{poll_read, poll_write, write_all};
 
 /// Why an exchange produced no response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -12,12 +12,11 @@
 //! The modules, from the client inwards: `server` (HTTP/1 client connections) and `h2` with
 //! `stream` (h2 connections and their requests), `forward` (the attempt loop), `exchange` (one
 //! request and response head on one server connection, then the response body), `upload` (the
-//! request body and its replay copy), `pool` (server connections), `io` (socket readiness).
+//! request body and its replay copy), `pool` (server connections); `proxy::io` (socket readiness).
 
 mod exchange;
 mod forward;
 mod h2;
-mod io;
 mod pool;
 mod server;
 mod stream;

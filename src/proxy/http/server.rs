@@ -23,7 +23,6 @@ use tracing::debug;
 use super::exchange::Downstream;
 use super::forward::is_idempotent;
 use super::forward::{self, client_fault_answer, Outcome, Outgoing, Served};
-use super::io::{write_all, write_all_pair};
 use super::pool;
 use super::upload::{ClientBody, Inbox, Source, Upload};
 use crate::balance::{PickContext, RequestView};
@@ -33,6 +32,7 @@ use crate::proxy::buffer::Block;
 use crate::proxy::h1::request::{self, Framing, RequestHead};
 use crate::proxy::h1::response::BodyFraming;
 use crate::proxy::h1::rewrite::{self, ClientLeg, Out};
+use crate::proxy::io::{write_all, write_all_pair};
 use crate::proxy::{ListenerCtx, ProxyError, Route};
 use crate::table::Snapshot;
 
@@ -188,7 +188,7 @@ async fn wait_for_bytes(
             return false;
         }
         let mut block = Block::take();
-        match stream.try_read(&mut block) {
+        match crate::proxy::io::read_now(stream, &mut block) {
             Ok(0) => return false,
             Ok(n) => {
                 *inbox = Inbox {
@@ -317,7 +317,7 @@ async fn answer_and_close(stream: &TcpStream, error: ProxyError) {
     while dropped < LINGER_BYTES {
         match tokio::time::timeout_at(
             deadline,
-            std::future::poll_fn(|cx| super::io::poll_read(stream, cx, &mut sink)),
+            std::future::poll_fn(|cx| crate::proxy::io::poll_read(stream, cx, &mut sink)),
         )
         .await
         {
@@ -521,45 +521,58 @@ impl Exchange<'_> {
         }
         let server_closes = reply.head.close;
         let mut down = Downstream::new(reply, dechunk);
+        let mut upstream = Some((conn, slot));
         // The head and what of the body came with it go out in one write (writev).
-        let first = std::future::poll_fn(|cx| match down.poll_next(cx, &conn.stream, false) {
-            std::task::Poll::Pending => std::task::Poll::Ready(Ok(None)),
-            other => other,
+        let first = std::future::poll_fn(|cx| {
+            let (conn, _) = upstream.as_ref().expect("held until the body ends");
+            match down.poll_next(cx, &conn.stream, false) {
+                std::task::Poll::Pending => std::task::Poll::Ready(Ok(Some(0..0))),
+                other => other,
+            }
         })
         .await;
-        let body = match first {
-            Ok(Some(range)) => range,
-            Ok(None) | Err(_) => 0..0,
-        };
-        if write_all_pair(self.stream, out.bytes(), down.slice(body))
-            .await
-            .is_err()
-        {
-            return Next::Close;
-        }
-        drop(out);
+        let mut next = first;
+        let mut head = Some(out);
         loop {
-            match std::future::poll_fn(|cx| down.poll_next(cx, &conn.stream, true)).await {
-                Ok(Some(range)) => {
-                    if write_all(self.stream, down.slice(range)).await.is_err() {
-                        // The client went away: the half-read server connection is closed.
-                        return Next::Close;
-                    }
-                }
-                Ok(None) => break,
+            let range = match next {
+                Ok(Some(range)) => range,
+                Ok(None) => 0..0,
                 Err(e) => {
-                    debug!(upstream = %self.snap.name, server = %slot.server().config.address, error = %e, "response body failed");
-                    slot.failed(crate::server::Failure::BrokenResponse);
+                    if let Some((_, slot)) = upstream.take() {
+                        debug!(upstream = %self.snap.name, server = %slot.server().config.address, error = %e, "response body failed");
+                        slot.failed(crate::server::Failure::BrokenResponse);
+                    }
+                    if let Some(out) = head.take() {
+                        let _ = write_all(self.stream, out.bytes()).await;
+                    }
                     // The client sees the body cut short: no final chunk, or fewer bytes than
                     // its length, then the close.
                     return Next::Close;
                 }
+            };
+            // The server's side is done as soon as its response has been read whole: the
+            // connection goes back to the pool and the slot is freed before the client has the
+            // last bytes, so a client that sends its next request at once finds the slot free.
+            if down.is_done() {
+                if let Some((conn, slot)) = upstream.take() {
+                    if !server_closes && !down.has_extra() {
+                        pool::checkin(slot.server().addr(), conn.stream, idle_timeout, max_idle);
+                    }
+                }
             }
+            let written = match head.take() {
+                Some(out) => write_all_pair(self.stream, out.bytes(), down.slice(range)).await,
+                None => write_all(self.stream, down.slice(range)).await,
+            };
+            if written.is_err() {
+                // The client went away: a half-read server connection is closed.
+                return Next::Close;
+            }
+            let Some((conn, _)) = upstream.as_ref() else {
+                break;
+            };
+            next = std::future::poll_fn(|cx| down.poll_next(cx, &conn.stream, true)).await;
         }
-        if !server_closes && !down.has_extra() {
-            pool::checkin(slot.server().addr(), conn.stream, idle_timeout, max_idle);
-        }
-        drop(slot);
         if close {
             Next::Close
         } else {

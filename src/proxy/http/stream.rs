@@ -221,6 +221,22 @@ pub struct Relay {
     reusable: bool,
 }
 
+impl Relay {
+    /// The response has been read whole: pool the connection when it is clean, free the slot.
+    fn release(&mut self) {
+        if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            if self.reusable && !self.down.has_extra() {
+                pool::checkin(
+                    slot.server().addr(),
+                    conn.stream,
+                    self.idle_timeout,
+                    self.max_idle,
+                );
+            }
+        }
+    }
+}
+
 /// A response body as hyper sends it on an h2 stream.
 pub enum ProxyBody {
     /// A server's body, read from its connection.
@@ -251,21 +267,16 @@ impl Body for ProxyBody {
             return Poll::Ready(None);
         };
         match std::task::ready!(relay.down.poll_next(cx, &conn.stream, true)) {
-            Ok(Some(range)) => Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(
-                relay.down.slice(range),
-            ))))),
-            Ok(None) => {
-                let conn = relay.conn.take().expect("checked above");
-                if let Some(slot) = relay.slot.take() {
-                    if relay.reusable && !relay.down.has_extra() {
-                        pool::checkin(
-                            slot.server().addr(),
-                            conn.stream,
-                            relay.idle_timeout,
-                            relay.max_idle,
-                        );
-                    }
+            Ok(Some(range)) => {
+                let data = Bytes::copy_from_slice(relay.down.slice(range));
+                // Read whole: free the server's side before the client has the last bytes.
+                if relay.down.is_done() {
+                    relay.release();
                 }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(None) => {
+                relay.release();
                 Poll::Ready(None)
             }
             Err(e) => {

@@ -19,10 +19,10 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::io::{poll_read, poll_write};
 use crate::proxy::buffer::Block;
 use crate::proxy::h1::chunked::Decoder;
 use crate::proxy::h1::request::Framing;
+use crate::proxy::io::{poll_read, poll_write};
 
 /// The most of a request body kept for a replay (CONTRACT.md "Retries").
 pub const REPLAY_LIMIT: usize = 64 * 1024;

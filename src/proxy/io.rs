@@ -1,10 +1,12 @@
-//! Reading and writing a `TcpStream` through shared references, by readiness: the same socket can
-//! be read and written from one poll loop (request body out, response head in, interim responses
-//! to the client) without splitting it, and a task waits for a socket with no buffer at all.
+//! Reading and writing a `TcpStream` through shared references, by readiness, for the HTTP engine
+//! and L4 sessions: the same socket can be read and written from one poll loop (request body out,
+//! response head in, interim responses to the client) without splitting it, and a task waits for
+//! a socket with no buffer at all.
 
 use std::io;
 use std::task::{ready, Context, Poll};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Reads what is available into `buf`, waiting for readiness; `Ok(0)` is the end of the stream.
@@ -15,11 +17,26 @@ pub fn poll_read(
 ) -> Poll<io::Result<usize>> {
     loop {
         ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read(buf) {
+        match read_now(stream, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return Poll::Ready(other),
         }
     }
+}
+
+/// Reads what is available into `buf` without waiting (`WouldBlock` when nothing is). A read that
+/// did not fill `buf` emptied the socket's receive queue, so the socket's readiness is cleared
+/// then and there: the next wait goes straight to the reactor instead of first spending a
+/// `recv` that can only say `EAGAIN`. (tokio clears it only if no new readiness event arrived
+/// since the read began, so no wake-up is lost.)
+pub fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let n = stream.try_read(buf)?;
+    if n > 0 && n < buf.len() {
+        let _ = stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+    Ok(n)
 }
 
 /// Writes some of `buf`, waiting for readiness.
