@@ -71,9 +71,11 @@ pub fn check_hop_by_hop<'t>(
     let te = values(lines, "transfer-encoding");
     assert_eq!(te, as_given(transfer_encoding), "{shown}");
     for token in nominated {
-        // Host and X-Forwarded-* cannot be nominated; the leg's own fields are checked above.
+        // Content-Length (the framing), Host and X-Forwarded-* cannot be nominated; the leg's
+        // own fields are checked above.
         let lower = token.to_ascii_lowercase();
         let kept = lower == b"host"
+            || lower == b"content-length"
             || (lower.len() > 12 && lower.starts_with(b"x-forwarded-"))
             || [&b"connection"[..], b"upgrade", b"transfer-encoding"].contains(&&lower[..]);
         if kept {

@@ -16,10 +16,14 @@ pub struct Span {
 }
 
 impl Span {
-    /// The range that `part` (a subslice of `buf`) occupies in `buf`.
+    /// The range that `part` (a subslice of `buf`) occupies in `buf`; an empty span when `part`
+    /// is empty and lies elsewhere (httparse hands out a static `""` for a missing reason phrase).
     pub fn of(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        debug_assert!(start + part.len() <= buf.len());
+        let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        if start > buf.len() || buf.len() - start < part.len() {
+            debug_assert!(part.is_empty(), "a non-empty part outside the buffer");
+            return Span::default();
+        }
         Span {
             start: start as u32,
             end: (start + part.len()) as u32,
@@ -94,12 +98,18 @@ impl Kind {
         }
     }
 
-    /// Whether `Connection` may nominate a header of this kind for removal: not `Host` nor
-    /// `X-Forwarded-*`, which the server needs to know who asked for what.
+    /// Whether `Connection` may nominate a header of this kind for removal: not `Content-Length`,
+    /// which frames the body (removing it would leave the body to be read as the next message:
+    /// request smuggling, found by fuzzing), nor `Host` and `X-Forwarded-*`, which the server
+    /// needs to know who asked for what.
     pub fn may_be_nominated(self) -> bool {
         !matches!(
             self,
-            Kind::Host | Kind::ForwardedFor | Kind::ForwardedProto | Kind::ForwardedOther
+            Kind::ContentLength
+                | Kind::Host
+                | Kind::ForwardedFor
+                | Kind::ForwardedProto
+                | Kind::ForwardedOther
         )
     }
 }
@@ -264,6 +274,28 @@ mod tests {
         ] {
             assert_eq!(content_length(bad.as_bytes()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_span_of_an_empty_slice_from_elsewhere_is_empty() {
+        let buf = b"HTTP/1.1 204\r\n\r\n";
+        assert_eq!(Span::of(buf, b""), Span::default());
+        assert_eq!(Span::of(buf, &buf[9..12]), Span { start: 9, end: 12 });
+        assert_eq!(Span::of(buf, &buf[buf.len()..]).len(), 0);
+    }
+
+    #[test]
+    fn framing_and_identity_headers_cannot_be_nominated() {
+        for kind in [
+            Kind::ContentLength,
+            Kind::Host,
+            Kind::ForwardedFor,
+            Kind::ForwardedProto,
+            Kind::ForwardedOther,
+        ] {
+            assert!(!kind.may_be_nominated(), "{kind:?}");
+        }
+        assert!(Kind::Other.may_be_nominated());
     }
 
     #[test]

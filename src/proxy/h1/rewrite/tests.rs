@@ -151,3 +151,27 @@ fn the_client_leg_says_how_it_is_framed() {
     );
     assert_eq!(ws, "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
+
+#[test]
+fn connection_cannot_remove_the_content_length() {
+    let got = rewritten(
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n",
+    );
+    assert!(got.contains("\r\nContent-Length: 5\r\n"), "{got}");
+    let head = "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\n";
+    let got = response_for(head, KEEP);
+    assert!(got.contains("\r\nContent-Length: 5\r\n"), "{got}");
+}
+
+#[test]
+fn a_status_line_without_a_reason_or_with_obs_text_is_written_without_one() {
+    assert_eq!(
+        response_for("HTTP/1.1 204\r\n\r\n", KEEP),
+        "HTTP/1.1 204 \r\n\r\n"
+    );
+    let got = response_for(
+        "HTTP/1.1 200 \u{e9}t\u{e9}\r\nContent-Length: 0\r\n\r\n",
+        KEEP,
+    );
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+}
