@@ -973,3 +973,37 @@ fn chunked_len(body: &[u8]) -> Option<usize> {
         at += size + 2;
     }
 }
+
+/// Found by fuzzing the codec: `Connection` naming `Content-Length` must not strip the framing,
+/// or the server would read the body as a second request (smuggling). The length stays, the body
+/// arrives as the body, and an HTTP/1.0 request without `Host` reaches the server with an empty
+/// one (RFC 9112 §3.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_strip_the_framing_and_http10_gets_a_host() {
+    let recorder = Recorder::start().await;
+    let d = start(&recorder).await;
+    let web = d.addr("web");
+    let smuggle = b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 28\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n\r\n";
+    let seen = forwarded(web, &recorder, "Connection: content-length", smuggle).await;
+    assert_eq!(values(&seen, "content-length"), ["28"]);
+    assert!(
+        seen.ends_with(b"\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert_eq!(
+        recorder.requests().len(),
+        1,
+        "the body was read as a second request"
+    );
+
+    let old = forwarded(
+        web,
+        &recorder,
+        "HTTP/1.0 without Host",
+        b"GET /old HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(request_line(&old), "GET /old HTTP/1.1");
+    assert_eq!(values(&old, "host"), [""]);
+}
