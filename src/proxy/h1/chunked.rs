@@ -360,7 +360,10 @@ mod tests {
         let trailers = format!("0\r\nA: {}\r\n\r\n", "v".repeat(MOST_TRAILERS));
         assert!(decode_all(trailers.as_bytes(), 512).is_err());
         let fits = format!("0\r\nA: {}\r\n\r\n", "v".repeat(MOST_TRAILERS - 16));
-        assert!(decode_all(fits.as_bytes(), 512).unwrap().1, "16 KiB of trailers fit");
+        assert!(
+            decode_all(fits.as_bytes(), 512).unwrap().1,
+            "16 KiB of trailers fit"
+        );
     }
 
     #[test]
