@@ -216,8 +216,36 @@ mod tests {
     fn heads_over_64_kib_are_broken() {
         let partial = format!("HTTP/1.1 200 OK\r\nA: {}", "x".repeat(MOST_RESPONSE_HEAD));
         assert!(parse(partial.as_bytes(), false).is_err());
-        let under = format!("HTTP/1.1 200 OK\r\nA: {}", "x".repeat(1000));
+        let under = format!("HTTP/1.1 200 OK\r\nA: {}", "x".repeat(60 * 1024));
         assert!(parse(under.as_bytes(), false).unwrap().is_none());
+        let whole = format!("{under}\r\n\r\n");
+        assert_eq!(head(&whole).len, whole.len(), "a 60 KiB head is taken");
+        let over = format!(
+            "HTTP/1.1 200 OK\r\nA: {}\r\n\r\n",
+            "x".repeat(MOST_RESPONSE_HEAD)
+        );
+        assert_eq!(broken(&over), BadResponse("head longer than 64 KiB"));
+    }
+
+    #[test]
+    fn each_broken_head_says_why() {
+        assert_eq!(
+            broken("HTTP/1.1 OK\r\n\r\n"),
+            BadResponse("invalid status line")
+        );
+        assert_eq!(
+            broken("HTTX/1.1 200 OK\r\n\r\n"),
+            BadResponse("invalid status line")
+        );
+        assert_eq!(
+            broken("HTTP/1.1 200 OK\r\nA b: c\r\n\r\n"),
+            BadResponse("invalid header")
+        );
+        let many: String = (0..=MOST_RESPONSE_HEADERS)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
+        let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(broken(&text), BadResponse("too many header lines"));
     }
 
     #[test]
