@@ -223,6 +223,16 @@ fn partial_heads_are_judged_on_size_and_target() {
         check_partial(big.as_bytes(), &small),
         Err(Reject::HeadTooLarge)
     );
+    let exact = &big.as_bytes()[..1024];
+    assert_eq!(
+        check_partial(exact, &small),
+        Ok(()),
+        "exactly the limit is allowed"
+    );
+    assert_eq!(
+        check_partial(&big.as_bytes()[..1025], &small),
+        Err(Reject::HeadTooLarge)
+    );
 }
 
 #[test]
