@@ -109,6 +109,10 @@ fn target_forms() {
             .form,
         Target::Asterisk
     );
+    assert_eq!(
+        rejected("OPTIONS *x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Reject::Bad("invalid request target")
+    );
     let text = "GET http://svc.test:81/x?y HTTP/1.1\r\nHost: other\r\n\r\n";
     let head = parse_str(text).unwrap();
     let Target::Absolute { authority, path } = head.form else {
@@ -119,7 +123,16 @@ fn target_forms() {
     let bare = "GET HTTPS://svc.test HTTP/1.1\r\nHost: svc.test\r\n\r\n";
     let head = parse_str(bare).unwrap();
     assert!(matches!(head.form, Target::Absolute { path, .. } if path.is_empty()));
-    for bad in ["x", "ftp://a/", "http:///x", "http://u@a/", "http://a b/"] {
+    for bad in [
+        "x",
+        "ftp://a/",
+        "http:///x",
+        "http://u@a/",
+        "http://a b/",
+        "http://a:x/",
+        "http://a^b/",
+        "*x",
+    ] {
         let head = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(matches!(rejected(&head), Reject::Bad(_)), "{bad}");
     }
