@@ -19,12 +19,12 @@ use tracing::{debug, warn};
 use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
 use crate::server::Server;
-use crate::table::Upstream;
+use crate::table::Directory;
 
 /// What the admin endpoint reports on.
 pub struct State {
-    /// Every upstream, by name.
-    pub upstreams: Vec<(String, Arc<Upstream>)>,
+    /// Every upstream, by name, as the running configuration has them.
+    pub upstreams: Arc<Directory>,
     /// The Prometheus exporter's handle.
     pub metrics: PrometheusHandle,
 }
@@ -98,6 +98,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 pub fn status(state: &State) -> Value {
     let upstreams: Vec<Value> = state
         .upstreams
+        .load()
         .iter()
         .map(|(name, upstream)| {
             let snap = upstream.load();

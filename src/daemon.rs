@@ -19,7 +19,7 @@ use crate::config::{Config, Mode, Target};
 use crate::lifecycle::{shutdown_channel, Shutdown, Tracker};
 use crate::listener::{self, Bound};
 use crate::proxy::ListenerCtx;
-use crate::table::{Upstream, Writer};
+use crate::table::{Directory, Upstream, Writer};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
         }
         if let Some(socket) = admin_socket {
             let state = Arc::new(admin::State {
-                upstreams,
+                upstreams: Arc::new(Directory::new(upstreams)),
                 metrics: metrics.clone(),
             });
             tokio::spawn(admin::serve(

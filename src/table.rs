@@ -144,6 +144,36 @@ impl Iterator for Attempts<'_> {
     }
 }
 
+/// Every upstream by name, as the running configuration has them: read by the admin endpoint,
+/// republished whole by a reload (upstreams added or removed), so readers never see a mix.
+pub struct Directory(ArcSwap<Vec<(String, Arc<Upstream>)>>);
+
+impl Directory {
+    /// A directory holding `upstreams`.
+    pub fn new(upstreams: Vec<(String, Arc<Upstream>)>) -> Self {
+        Directory(ArcSwap::from_pointee(upstreams))
+    }
+
+    /// The upstreams now, in name order.
+    pub fn load(&self) -> Arc<Vec<(String, Arc<Upstream>)>> {
+        self.0.load_full()
+    }
+
+    /// The upstream called `name`, if the running configuration has one.
+    pub fn find(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.0
+            .load()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| Arc::clone(u))
+    }
+
+    /// Replaces the whole list (reload).
+    pub fn store(&self, upstreams: Vec<(String, Arc<Upstream>)>) {
+        self.0.store(Arc::new(upstreams));
+    }
+}
+
 /// One upstream: the published snapshot, and the inbox of the writer that replaces it.
 pub struct Upstream {
     snapshot: ArcSwap<Snapshot>,
