@@ -30,7 +30,7 @@ pub struct State {
 }
 
 /// Serves admin requests until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.wait() => return,

@@ -1,11 +1,16 @@
 //! The `fulcrum` binary: command-line parsing, logging setup, and the daemon's entry points.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum::config::{Config, DEFAULT_PATH};
+use fulcrum::daemon::pidfile::{self, DEFAULT_PID_FILE};
+use fulcrum::daemon::Options;
 use tracing_subscriber::EnvFilter;
 
 /// An L4/L7 load balancer: balances traffic over a service's instances, keeps it away from failing
@@ -22,11 +27,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    /// Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads the configuration.
     Run {
         /// The configuration file.
         #[arg(short, long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Where to write the pid, for `fulcrum reload`.
+        #[arg(long, default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+    },
+    /// Validate the configuration, then have the running daemon reload it; exits 1 when either
+    /// refuses it.
+    Reload {
+        /// The configuration file (the one the daemon runs with).
+        #[arg(short, long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The running daemon's pid file.
+        #[arg(long, default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// How long to wait for the daemon's answer.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Validate the configuration and exit: 0 when valid, 1 with the error otherwise.
     Check {
@@ -50,7 +71,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => match run(&config) {
+        Command::Reload {
+            config,
+            pid_file,
+            timeout,
+        } => match reload(&config, &pid_file, timeout) {
+            Ok(message) => {
+                println!("reloaded: {message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fulcrum: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, pid_file } => match run(&config, pid_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 // Printed directly, not logged: a fatal error must show whatever the log filter.
@@ -61,7 +96,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &Path, pid_file: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let metrics = fulcrum::metrics::install_recorder().context("cannot start metrics")?;
     tracing::info!(
@@ -70,8 +105,55 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         workers = config.runtime.worker_threads,
         "starting"
     );
-    fulcrum::daemon::run(config, metrics)?;
+    let options = Options {
+        pid_file: Some(pid_file),
+    };
+    fulcrum::daemon::run(config, metrics, options)?;
     Ok(())
+}
+
+/// `fulcrum reload`: the same validation as `check`, then SIGHUP to the pid in the pid file, then
+/// the daemon's own verdict from the status file beside it.
+fn reload(config: &Path, pid_file: &Path, timeout: Duration) -> anyhow::Result<String> {
+    Config::load(config)?;
+    let pid = pidfile::read_pid(pid_file).with_context(|| {
+        format!(
+            "cannot read the pid file {} (is fulcrum running, with this --pid-file?)",
+            pid_file.display()
+        )
+    })?;
+    let before = pidfile::read_status(pid_file);
+    if let Some(running) = &before {
+        let same =
+            std::fs::canonicalize(&running.config).ok() == std::fs::canonicalize(config).ok();
+        anyhow::ensure!(
+            same,
+            "the running fulcrum (pid {pid}) reads {}, not {}",
+            running.config.display(),
+            config.display()
+        );
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "cannot signal fulcrum (pid {pid} from {}): {e}",
+            pid_file.display()
+        );
+    }
+    let seen = before.map_or(0, |s| s.sequence);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = pidfile::read_status(pid_file).filter(|s| s.sequence > seen) {
+            anyhow::ensure!(status.ok, "reload refused: {}", status.message);
+            return Ok(status.message);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!(
+        "fulcrum (pid {pid}) did not answer within {}",
+        humantime::format_duration(timeout)
+    )
 }
 
 fn init_logging(level: Option<&str>) {

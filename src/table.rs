@@ -261,7 +261,14 @@ fn build(
             let old =
                 previous.and_then(|p| p.servers.iter().find(|s| s.config.address == sc.address));
             let state = old.map_or_else(
-                || Arc::new(ServerState::new(&name, &sc.address)),
+                || {
+                    let state = ServerState::new(&name, &sc.address);
+                    // Added by a reload: it enters service, so it ramps (not at process start).
+                    if previous.is_some() && !config.slow_start.is_zero() {
+                        state.life().ramp_since = Some(now);
+                    }
+                    Arc::new(state)
+                },
                 |s| Arc::clone(&s.state),
             );
             let requests_by_listener = match old {

@@ -315,32 +315,3 @@ servers = [ { address = "${A}" } ]
         "the stuck request cannot have been answered: {cut:?}"
     );
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_neither_kills_nor_changes_the_daemon() {
-    let app = HttpBackend::start("app", Behaviour::Identity).await;
-    let config = r#"
-[runtime]
-worker_threads = 2
-
-[listeners.web]
-bind = "127.0.0.1:0"
-mode = "http"
-upstream = "app"
-
-[upstreams.app]
-servers = [ { address = "${A}" } ]
-"#;
-    let mut d = Daemon::builder(config).var("A", app.addr()).start().await;
-    let mut client = H1Client::connect(d.addr("web")).await;
-    assert_eq!(client.get("/").await.status, StatusCode::OK);
-    d.signal("HUP");
-    assert!(
-        d.wait_for_stderr("SIGHUP", Duration::from_secs(5)).await,
-        "SIGHUP was not acknowledged in the log:\n{}",
-        d.stderr_text()
-    );
-    assert!(d.try_exit().is_none(), "SIGHUP killed the daemon");
-    assert_eq!(client.get("/").await.status, StatusCode::OK);
-    assert_eq!(app.requests(), 2);
-}

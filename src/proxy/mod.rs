@@ -16,10 +16,11 @@ pub mod tcp;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 pub use error::ProxyError;
 
 use crate::config::{HttpLimits, ListenerConfig, RespondConfig, Target};
-use crate::lifecycle::Tracker;
 use crate::metrics::{CodeCounters, ListenerMetrics};
 use crate::table::Upstream;
 
@@ -44,8 +45,6 @@ pub struct ListenerCtx {
     pub route: Route,
     /// Its connection series.
     pub metrics: ListenerMetrics,
-    /// The daemon's count of in-flight work (connections and tunnels), for the shutdown drain.
-    pub tracker: Tracker,
     /// http: the longest idle between requests and silence during a body; tcp: the longest a
     /// session may pass no byte either way.
     pub idle_timeout: Duration,
@@ -56,11 +55,7 @@ pub struct ListenerCtx {
 
 impl ListenerCtx {
     /// Builds the context of `config`, resolving its upstream by name in `upstreams`.
-    pub fn new(
-        config: &ListenerConfig,
-        upstreams: &[(String, Arc<Upstream>)],
-        tracker: Tracker,
-    ) -> Self {
+    pub fn new(config: &ListenerConfig, upstreams: &[(String, Arc<Upstream>)]) -> Self {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let route = match &config.target {
             Target::Upstream(wanted) => {
@@ -80,9 +75,41 @@ impl ListenerCtx {
             metrics: ListenerMetrics::new(&name),
             name,
             route,
-            tracker,
             idle_timeout: config.idle_timeout,
             http: config.http,
         }
+    }
+}
+
+/// A listener as its connections see it across reloads: the context of the running configuration,
+/// replaced whole by a reload. A connection reads it once per request, so an idle keep-alive
+/// connection's next request follows the new configuration (route, limits, timeouts) without the
+/// connection being closed.
+pub struct Listener {
+    current: ArcSwap<ListenerCtx>,
+}
+
+impl Listener {
+    /// A listener starting with `ctx`.
+    pub fn new(ctx: ListenerCtx) -> Self {
+        Listener {
+            current: ArcSwap::from_pointee(ctx),
+        }
+    }
+
+    /// The context now (one atomic load and reference count), for one request or session.
+    pub fn ctx(&self) -> Arc<ListenerCtx> {
+        self.current.load_full()
+    }
+
+    /// How long a connection may idle before its next request, under the context now (read
+    /// without taking a reference, for a connection about to wait).
+    pub fn idle_timeout(&self) -> Duration {
+        self.current.load().idle_timeout
+    }
+
+    /// Publishes a reload's context; requests that already started keep the one they read.
+    pub fn replace(&self, ctx: ListenerCtx) {
+        self.current.store(Arc::new(ctx));
     }
 }

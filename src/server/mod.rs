@@ -44,6 +44,13 @@ pub enum Event {
         /// The failure that reached the threshold.
         last: Failure,
     },
+    /// A reload: the upstream's new configuration and the listeners that now route to it.
+    Reconfigure {
+        /// The upstream as the new file has it.
+        config: Box<crate::config::UpstreamConfig>,
+        /// The `listener` labels of its request counters.
+        listeners: Vec<Arc<str>>,
+    },
 }
 
 /// Where a worker reports a server crossing the ejection threshold.

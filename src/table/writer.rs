@@ -36,6 +36,9 @@ pub struct Writer {
     listeners: Vec<Arc<str>>,
     inbox: UnboundedReceiver<Event>,
     last_cap_warning: Option<Instant>,
+    /// The running health checkers, by the server (address as written, and where it resolved) they
+    /// check: kept across a reload for servers that stay, so their rhythm and record go on.
+    checkers: Vec<((String, std::net::SocketAddr), JoinHandle<()>)>,
 }
 
 impl Writer {
@@ -51,12 +54,14 @@ impl Writer {
             listeners: listeners.to_vec(),
             inbox,
             last_cap_warning: None,
+            checkers: Vec::new(),
         }
     }
 
-    /// Starts the health checkers and serves events and timers until shutdown.
-    pub async fn run(mut self, mut shutdown: Shutdown) {
-        let checkers = self.spawn_checkers();
+    /// Starts the health checkers and serves events and timers until `shutdown` (the daemon's, or
+    /// the upstream's removal by a reload).
+    pub async fn run(mut self, shutdown: Shutdown) {
+        self.sync_checkers(false);
         loop {
             let deadline = self.next_deadline(Instant::now());
             let timer = async move {
@@ -74,34 +79,53 @@ impl Writer {
                 () = shutdown.wait() => break,
             }
         }
-        for checker in checkers {
+        for (_, checker) in self.checkers.drain(..) {
             checker.abort();
         }
     }
 
-    fn spawn_checkers(&self) -> Vec<JoinHandle<()>> {
-        let Some(check) = &self.config.health_check else {
-            return Vec::new();
-        };
+    /// Runs one checker per checked server of the current snapshot: stops those of servers gone
+    /// (or now `down = true`), starts those of new ones, and with `restart` (the check itself
+    /// changed) starts every one afresh.
+    fn sync_checkers(&mut self, restart: bool) {
         let snap = self.upstream.load();
         // A `down = true` server takes no traffic whatever its checks say: it is not checked.
-        snap.servers
-            .iter()
-            .filter(|server| !server.config.down)
-            .map(|server| {
-                let events = self.upstream.events().clone();
-                let state = Arc::clone(&server.state);
-                tokio::spawn(check::run(
-                    check.clone(),
-                    server.addr(),
-                    server.config.address.clone(),
-                    move |report| {
-                        let state = Arc::clone(&state);
-                        events.send(Event::Check { state, report }).is_ok()
-                    },
-                ))
-            })
-            .collect()
+        let wanted: Vec<_> = match &self.config.health_check {
+            Some(_) => snap.servers.iter().filter(|s| !s.config.down).collect(),
+            None => Vec::new(),
+        };
+        let key = |server: &crate::server::Server| (server.config.address.clone(), server.addr());
+        self.checkers.retain(|(running, checker)| {
+            let keep = !restart && wanted.iter().any(|s| key(s) == *running);
+            if !keep {
+                checker.abort();
+            }
+            keep
+        });
+        let Some(check) = &self.config.health_check else {
+            return;
+        };
+        for server in wanted {
+            if self
+                .checkers
+                .iter()
+                .any(|(running, _)| *running == key(server))
+            {
+                continue;
+            }
+            let events = self.upstream.events().clone();
+            let state = Arc::clone(&server.state);
+            let checker = tokio::spawn(check::run(
+                check.clone(),
+                server.addr(),
+                server.config.address.clone(),
+                move |report| {
+                    let state = Arc::clone(&state);
+                    events.send(Event::Check { state, report }).is_ok()
+                },
+            ));
+            self.checkers.push((key(server), checker));
+        }
     }
 
     /// Applies one event at `now`, republishing if a server's standing changed.
@@ -133,6 +157,12 @@ impl Writer {
                 }
             }
             Event::Failing { state, last } => self.on_failing(&snap, &state, last, now),
+            Event::Reconfigure { config, listeners } => {
+                let restart = config.health_check != self.config.health_check;
+                self.listeners = listeners;
+                self.reconfigure(*config, now);
+                self.sync_checkers(restart);
+            }
         }
     }
 

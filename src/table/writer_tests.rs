@@ -267,6 +267,27 @@ async fn slow_start_ramps_a_returning_server_in_ten_steps() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_server_added_by_a_reload_and_not_the_others() {
+    let mut config = three();
+    config.slow_start = Duration::from_secs(10);
+    let (up, mut writer) = Upstream::new(&config, &[]);
+    let mut more = config.clone();
+    more.servers.push(server("127.0.0.1:4", 1, false, false, 0));
+    writer.handle(
+        Event::Reconfigure {
+            config: Box::new(more),
+            listeners: Vec::new(),
+        },
+        Instant::now(),
+    );
+    let tenths: Vec<u32> = up.load().servers.iter().map(|s| s.tenths).collect();
+    assert_eq!(tenths, [10, 10, 10, 1]);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    writer.on_timer(Instant::now());
+    assert_eq!(up.load().servers[3].tenths, 5);
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_start_also_follows_an_ejection() {
     let mut config = three();
     config.slow_start = Duration::from_secs(90);

@@ -37,6 +37,8 @@ pub struct DaemonBuilder {
     vars: Vec<(String, String)>,
     log_level: String,
     nofile: Option<u64>,
+    envs: Vec<(String, String)>,
+    own_pid_env: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -48,6 +50,19 @@ impl DaemonBuilder {
 
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
+        self
+    }
+
+    /// Sets an environment variable for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub fn env(mut self, name: &str, value: impl ToString) -> Self {
+        self.envs.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the environment variable `name` to the daemon's own pid (as systemd sets
+    /// `WATCHDOG_PID`): the daemon is started through `sh`, which execs it keeping its pid.
+    pub fn own_pid_env(mut self, name: &str) -> Self {
+        self.own_pid_env = Some(name.to_string());
         self
     }
 
@@ -86,15 +101,31 @@ impl DaemonBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("fulcrum.toml");
         std::fs::write(&config_path, &config).expect("write config");
+        let pid_file = dir.path().join("fulcrum.pid");
 
-        let mut command = Command::new(BIN);
+        let mut command = match &self.own_pid_env {
+            Some(name) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("{name}=$$; export {name}; exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg("--log-level")
             .arg(&self.log_level)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -112,6 +143,7 @@ impl DaemonBuilder {
             exit: None,
             _dir: dir,
             config_path,
+            pid_file,
             stderr,
             stdout,
         };
@@ -276,6 +308,7 @@ pub struct Daemon {
     exit: Option<ExitStatus>,
     _dir: tempfile::TempDir,
     config_path: PathBuf,
+    pid_file: PathBuf,
     stderr: Arc<Mutex<Seen>>,
     stdout: Arc<Mutex<Seen>>,
 }
@@ -288,6 +321,8 @@ impl Daemon {
             vars: Vec::new(),
             log_level: "info".to_string(),
             nofile: None,
+            envs: Vec::new(),
+            own_pid_env: None,
         }
     }
 
@@ -297,6 +332,39 @@ impl Daemon {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The pid file the daemon was told to write (in its temporary directory).
+    pub fn pid_file(&self) -> &Path {
+        &self.pid_file
+    }
+
+    /// Replaces the daemon's config file (for a reload), `${NAME}` already substituted.
+    pub fn write_config(&self, text: &str) {
+        assert!(
+            !text.contains("${"),
+            "unsubstituted placeholder in config:\n{text}"
+        );
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Runs `fulcrum reload` against this daemon; returns (exit code, stdout, stderr).
+    pub fn reload_command(&self) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("reload")
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--pid-file")
+            .arg(&self.pid_file)
+            .arg("--timeout")
+            .arg("20s")
+            .output()
+            .expect("run fulcrum reload");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The first address listener `name` bound.

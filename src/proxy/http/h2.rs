@@ -33,7 +33,7 @@ use tracing::debug;
 
 use super::stream::handle;
 use crate::lifecycle::Shutdown;
-use crate::proxy::ListenerCtx;
+use crate::proxy::Listener;
 
 /// Streams one client may have open at once (CONTRACT.md), advertised as
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; a stream opened beyond it is refused, not queued.
@@ -54,12 +54,14 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Serves one h2c connection until it closes, or until shutdown (then a GOAWAY is sent and the
 /// streams in flight finish). `io` starts with the client's connection preface.
-pub async fn serve<I>(ctx: Arc<ListenerCtx>, io: I, client: SocketAddr, mut shutdown: Shutdown)
+pub async fn serve<I>(listener: Arc<Listener>, io: I, client: SocketAddr, shutdown: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The connection's settings come from the context when it began; each stream reads the
+    // context anew, so a reload applies to the streams after it.
     // The config caps max_request_head_bytes at 1 MiB, far below u32::MAX.
-    let header_list = u32::try_from(ctx.http.max_request_head_bytes).unwrap_or(u32::MAX);
+    let header_list = u32::try_from(listener.ctx().http.max_request_head_bytes).unwrap_or(u32::MAX);
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -68,7 +70,7 @@ where
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_header_list_size(header_list);
     let service = service_fn(move |req| {
-        let ctx = Arc::clone(&ctx);
+        let ctx = listener.ctx();
         async move { Ok::<_, Infallible>(handle(&ctx, client, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);

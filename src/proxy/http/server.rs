@@ -33,7 +33,7 @@ use crate::proxy::h1::request::{self, Framing, RequestHead};
 use crate::proxy::h1::response::BodyFraming;
 use crate::proxy::h1::rewrite::{self, ClientLeg, Out};
 use crate::proxy::io::{write_all, write_all_pair};
-use crate::proxy::{ListenerCtx, ProxyError, Route};
+use crate::proxy::{Listener, ListenerCtx, ProxyError, Route};
 use crate::table::Snapshot;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -55,10 +55,10 @@ enum Next {
     reason = "an async fn would keep a second copy of its arguments in every connection task"
 )]
 pub fn serve(
-    ctx: Arc<ListenerCtx>,
+    listener: Arc<Listener>,
     stream: TcpStream,
     client: SocketAddr,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = ()> + Send {
     // An async block rather than an async fn: its captures are used in place, where an async fn
     // would keep a second copy of its arguments in the connection's task.
@@ -69,7 +69,8 @@ pub fn serve(
         loop {
             if inbox.unread().is_empty() {
                 inbox.release_if_empty();
-                if !wait_for_bytes(&stream, &mut inbox, ctx.idle_timeout, &mut shutdown).await {
+                let idle_timeout = listener.idle_timeout();
+                if !wait_for_bytes(&stream, &mut inbox, idle_timeout, &shutdown).await {
                     return;
                 }
             }
@@ -77,6 +78,8 @@ pub fn serve(
             if inbox.unread().is_empty() {
                 continue;
             }
+            // Read once per request: a reload between requests applies to the next one.
+            let ctx = listener.ctx();
             let started = Instant::now();
             let deadline = started + ctx.http.client_header_timeout;
             if first {
@@ -86,8 +89,9 @@ pub fn serve(
                         let already = inbox.unread().to_vec();
                         drop(inbox);
                         // Boxed: hyper's connection state would otherwise size every connection's task.
+                        drop(ctx);
                         Box::pin(super::h2::serve(
-                            ctx,
+                            listener,
                             super::h2::Prefixed::new(already, stream),
                             client,
                             shutdown,
@@ -169,7 +173,7 @@ async fn wait_for_bytes(
     stream: &TcpStream,
     inbox: &mut Inbox,
     idle: Duration,
-    shutdown: &mut Shutdown,
+    shutdown: &Shutdown,
 ) -> bool {
     // One poll loop over the socket's readiness, the idle timer and shutdown: this future is
     // what an idle connection's task holds, so it is kept small (no `readable()` waiter, no
@@ -596,7 +600,7 @@ async fn tunnel(client: TcpStream, server: TcpStream, inbox: &mut Inbox, idle: D
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::lifecycle::{shutdown_channel, Tracker};
+    use crate::lifecycle::shutdown_channel;
     use crate::table::Upstream;
 
     /// An idle connection costs its task: the connection's future, allocated once when it is
@@ -609,17 +613,21 @@ mod tests {
         )
         .unwrap();
         let (upstream, _writer) = Upstream::new(&config.upstreams[0], &[Arc::from("web")]);
-        let ctx = Arc::new(ListenerCtx::new(
+        let listener_ctx = Arc::new(Listener::new(ListenerCtx::new(
             &config.listeners[0],
             &[("app".to_string(), upstream)],
-            Tracker::default(),
-        ));
+        )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (_trigger, shutdown) = shutdown_channel();
-        let task = serve(ctx, stream, "127.0.0.1:9".parse().unwrap(), shutdown);
+        let task = serve(
+            listener_ctx,
+            stream,
+            "127.0.0.1:9".parse().unwrap(),
+            shutdown,
+        );
         let size = std::mem::size_of_val(&task);
         println!("connection task: {size} bytes");
         // 872 bytes in a debug build; an exchange held inline would add 1.8 KB.
