@@ -129,7 +129,7 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
             limit,
             config.runtime.max_connections,
         );
-        registry.apply(&config)?;
+        registry.apply(&config).await?;
         if let Some(admin) = &config.admin {
             let socket = listener::bind(admin.bind, 128, false)
                 .map_err(|source| Error::bind("admin", admin.bind, source))?;
@@ -227,7 +227,7 @@ async fn reload(registry: &mut Registry, running: &mut Config) -> Result<String,
     if loaded.admin.as_ref().map(|a| a.bind) != running.admin.as_ref().map(|a| a.bind) {
         kept.push("admin");
     }
-    registry.apply(&loaded)?;
+    registry.apply(&loaded).await?;
     let summary = format!(
         "{} listeners, {} upstreams",
         loaded.listeners.len(),

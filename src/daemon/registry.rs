@@ -101,9 +101,16 @@ impl Registry {
     }
 
     /// Makes `config` the running configuration, or changes nothing and says why.
-    pub fn apply(&mut self, config: &Config) -> Result<(), Error> {
+    pub async fn apply(&mut self, config: &Config) -> Result<(), Error> {
         let sources = self.bind_new(config)?;
-        self.apply_upstreams(config);
+        let published = self.apply_upstreams(config);
+        // Listeners start (and new contexts appear) once every upstream's snapshot is the new one,
+        // so no request meets a snapshot without its listener's counters.
+        for (name, done) in published {
+            if done.await.is_err() {
+                warn!(upstream = %name, "upstream writer is gone; its configuration is unchanged");
+            }
+        }
         self.apply_listeners(config, sources);
         self.apply_limit(config.runtime.max_connections);
         Ok(())
@@ -162,19 +169,27 @@ impl Registry {
         Ok(sources)
     }
 
-    fn apply_upstreams(&mut self, config: &Config) {
+    /// Reconfigures the upstreams that stay, starts new ones and stops removed ones; returns, per
+    /// upstream that stays, when its writer has published.
+    fn apply_upstreams(
+        &mut self,
+        config: &Config,
+    ) -> Vec<(String, tokio::sync::oneshot::Receiver<()>)> {
+        let mut published = Vec::new();
         let mut next: BTreeMap<String, UpstreamEntry> = BTreeMap::new();
         for u in &config.upstreams {
             let listeners = routed_listeners(config, u);
             match self.upstreams.remove(&u.name) {
                 Some(entry) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
                     let event = Event::Reconfigure {
                         config: Box::new(u.clone()),
                         listeners,
+                        published: tx,
                     };
-                    if entry.upstream.events().send(event).is_err() {
-                        warn!(upstream = %u.name, "upstream writer is gone; its configuration is unchanged");
-                    }
+                    // A writer that is gone drops the event, and with it the sender: said below.
+                    let _ = entry.upstream.events().send(event);
+                    published.push((u.name.clone(), rx));
                     next.insert(u.name.clone(), entry);
                 }
                 None => {
@@ -195,6 +210,7 @@ impl Registry {
                 .map(|(name, e)| (name.clone(), Arc::clone(&e.upstream)))
                 .collect(),
         );
+        published
     }
 
     fn apply_listeners(&mut self, config: &Config, sources: Vec<Vec<Source>>) {

@@ -50,6 +50,9 @@ pub enum Event {
         config: Box<crate::config::UpstreamConfig>,
         /// The `listener` labels of its request counters.
         listeners: Vec<Arc<str>>,
+        /// Told once the new snapshot is published, so that a reload starts new listeners only
+        /// when their request counters exist.
+        published: tokio::sync::oneshot::Sender<()>,
     },
 }
 

@@ -157,11 +157,17 @@ impl Writer {
                 }
             }
             Event::Failing { state, last } => self.on_failing(&snap, &state, last, now),
-            Event::Reconfigure { config, listeners } => {
+            Event::Reconfigure {
+                config,
+                listeners,
+                published,
+            } => {
                 let restart = config.health_check != self.config.health_check;
                 self.listeners = listeners;
                 self.reconfigure(*config, now);
                 self.sync_checkers(restart);
+                // The reload may have given up waiting; nothing to tell then.
+                let _ = published.send(());
             }
         }
     }

@@ -273,13 +273,16 @@ async fn slow_start_ramps_a_server_added_by_a_reload_and_not_the_others() {
     let (up, mut writer) = Upstream::new(&config, &[]);
     let mut more = config.clone();
     more.servers.push(server("127.0.0.1:4", 1, false, false, 0));
+    let (published, done) = tokio::sync::oneshot::channel();
     writer.handle(
         Event::Reconfigure {
             config: Box::new(more),
             listeners: Vec::new(),
+            published,
         },
         Instant::now(),
     );
+    done.await.expect("the writer says when it published");
     let tenths: Vec<u32> = up.load().servers.iter().map(|s| s.tenths).collect();
     assert_eq!(tenths, [10, 10, 10, 1]);
     tokio::time::advance(Duration::from_secs(5)).await;
