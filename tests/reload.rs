@@ -368,6 +368,11 @@ async fn servers_that_stay_keep_their_counters_and_state() {
     for _ in 0..7 {
         client.get("/").await;
     }
+    assert_eq!(
+        a.accepts(),
+        1,
+        "one pooled connection serves a sequential client"
+    );
     reload_ok(&d, &config(&[&a, &b], &[], false, "app")).await;
     let doc = status(d.admin_addr()).await;
     let servers = doc["upstreams"][0]["servers"].as_array().unwrap().clone();
@@ -376,6 +381,12 @@ async fn servers_that_stay_keep_their_counters_and_state() {
         .map(|s| s["requests"].as_u64().unwrap())
         .collect();
     assert_eq!(requests, [7, 0], "a kept its count; b starts at zero");
+    // Round robin now alternates a and b: a takes two of the next four.
+    for _ in 0..4 {
+        client.get("/").await;
+    }
+    assert_eq!(a.requests(), 9);
+    assert_eq!(a.accepts(), 1, "a's pooled connection outlived the reload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,4 +421,38 @@ async fn a_second_instance_on_the_same_addresses_fails_with_address_in_use() {
     };
     assert!(err.contains("address in use"), "{err}");
     assert_eq!(get_once(port, "/").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_marked_down_by_its_checks_stays_down_across_a_reload() {
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let b = HttpBackend::start("b", Behaviour::Identity).await;
+    let c = HttpBackend::start("c", Behaviour::Identity).await;
+    b.set_health(503);
+    // One check per minute: after the first, only a reset by the reload could change b's state.
+    let checked = |servers: &[&HttpBackend]| {
+        let mut text = config(servers, &[], false, "app");
+        text.push_str(&format!(
+            "\n[upstreams.app.health_check]\nkind = \"http\"\npath = \"{}\"\ninterval = \"60s\"\n",
+            support::HEALTH_PATH
+        ));
+        text
+    };
+    let d = Daemon::builder(&checked(&[&a, &b])).start().await;
+    let admin = d.admin_addr();
+    support::admin::wait_for_state(admin, "app", b.addr(), "down", Duration::from_secs(5)).await;
+    let checks = b.checks();
+    reload_ok(&d, &checked(&[&a, &b, &c])).await;
+    let b_now = support::admin::server_status(admin, "app", b.addr()).await;
+    assert_eq!(b_now["state"], "down", "{b_now}");
+    assert_eq!(
+        b.checks(),
+        checks,
+        "b's checker kept its rhythm: no new check at reload"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || c.checks() == 1).await,
+        "the new server is checked at once"
+    );
+    assert_eq!(b.checks(), checks);
 }
