@@ -13,6 +13,7 @@
 //! and added back while its old state still lives gets the same histogram, so one label set is never
 //! rendered twice.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -34,8 +35,9 @@ const BOUNDS_NANOS: [u64; BUCKETS - 1] = {
     out
 };
 
-/// Every live histogram, for [`render_all`].
-static REGISTRY: Mutex<Vec<Weak<ResponseHistogram>>> = Mutex::new(Vec::new());
+/// Every histogram by its labels, for [`render_all`] (in label order) and for a server added back.
+/// An entry whose server is gone is swept at the next render.
+static REGISTRY: Mutex<BTreeMap<String, Weak<ResponseHistogram>>> = Mutex::new(BTreeMap::new());
 
 /// The response times of one server of one upstream.
 pub struct ResponseHistogram {
@@ -54,20 +56,15 @@ impl ResponseHistogram {
             escape(server)
         );
         let mut registry = lock();
-        registry.retain(|w| w.strong_count() > 0);
-        if let Some(live) = registry
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|h| h.labels == labels)
-        {
+        if let Some(live) = registry.get(&labels).and_then(Weak::upgrade) {
             return live;
         }
         let histogram = Arc::new(ResponseHistogram {
-            labels,
+            labels: labels.clone(),
             buckets: Default::default(),
             sum_micros: AtomicU64::new(0),
         });
-        registry.push(Arc::downgrade(&histogram));
+        registry.insert(labels, Arc::downgrade(&histogram));
         histogram
     }
 
@@ -101,15 +98,14 @@ impl ResponseHistogram {
 
 /// Appends every live histogram to `out` in the Prometheus text format, under one `# TYPE` line.
 pub fn render_all(out: &mut String) {
-    let mut live: Vec<Arc<ResponseHistogram>> = {
+    let live: Vec<Arc<ResponseHistogram>> = {
         let mut registry = lock();
-        registry.retain(|w| w.strong_count() > 0);
-        registry.iter().filter_map(Weak::upgrade).collect()
+        registry.retain(|_, w| w.strong_count() > 0);
+        registry.values().filter_map(Weak::upgrade).collect()
     };
     if live.is_empty() {
         return;
     }
-    live.sort_by(|a, b| a.labels.cmp(&b.labels));
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
@@ -119,8 +115,8 @@ pub fn render_all(out: &mut String) {
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<Weak<ResponseHistogram>>> {
-    // Every update is one push or retain: a panic elsewhere cannot leave it half-written.
+fn lock() -> std::sync::MutexGuard<'static, BTreeMap<String, Weak<ResponseHistogram>>> {
+    // Every update is one insert or retain: a panic elsewhere cannot leave it half-written.
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
