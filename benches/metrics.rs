@@ -14,15 +14,19 @@
 //! its runs drain every [`UPKEEP_EVERY`] samples, outside the timed part: the figure is the
 //! recording alone, as a worker pays it, and leaves the upkeep's own cost out in its favour.
 //!
-//! Group `request_path`: `code_counter_inc` (a status code already seen, `CodeCounters::inc`) and
-//! `log_limit_suppressed` (a warning site inside its quiet second, `LogLimit::allow`).
+//! Group `request_path`: `code_counter_inc` (a status code already seen, `CodeCounters::inc`),
+//! `log_limit_suppressed` (a warning site inside its quiet second, `LogLimit::allow`), and finding
+//! the third of three listeners' counters: `listener_by_id` (`ByListener::get`) against
+//! `listener_by_name`, the scan comparing names that it replaced.
 
 use std::hint::black_box;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fulcrum::metrics::{CodeCounters, LogLimit, ResponseHistogram, RESPONSE_BUCKETS};
+use fulcrum::metrics::{
+    listener_id, ByListener, CodeCounters, LogLimit, ResponseHistogram, RESPONSE_BUCKETS,
+};
 use metrics::Histogram;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
@@ -119,6 +123,27 @@ fn request_path(c: &mut Criterion) {
     site.allow();
     group.bench_function("log_limit_suppressed", |b| {
         b.iter(|| black_box(site.allow()))
+    });
+    let names = ["public_http", "public_https", "internal_api"];
+    let listeners: Vec<(_, Arc<str>)> = names
+        .iter()
+        .map(|n| (listener_id(n), Arc::from(*n)))
+        .collect();
+    let by_id = ByListener::new(&listeners, "app", "10.0.0.1:80");
+    let wanted = listener_id("internal_api");
+    group.bench_function("listener_by_id", |b| {
+        b.iter(|| black_box(by_id.get(black_box(wanted)).is_some()))
+    });
+    let by_name: Vec<(Arc<str>, CodeCounters)> = names
+        .iter()
+        .map(|n| (Arc::from(*n), CodeCounters::new(n, "app", "10.0.0.1:80")))
+        .collect();
+    let wanted: Arc<str> = Arc::from("internal_api");
+    group.bench_function("listener_by_name", |b| {
+        b.iter(|| {
+            let name: &str = black_box(&wanted);
+            black_box(by_name.iter().find(|(n, _)| &**n == name).is_some())
+        })
     });
     group.finish();
 }
