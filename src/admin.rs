@@ -83,7 +83,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.metrics.render(),
+            crate::metrics::render(&state.metrics),
         ),
         "/status" => json_response(StatusCode::OK, &status(state)),
         _ => text(

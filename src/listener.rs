@@ -18,6 +18,7 @@ use tracing::warn;
 
 use crate::config::Mode;
 use crate::lifecycle::Shutdown;
+use crate::metrics::LogLimit;
 use crate::proxy::{self, Listener};
 
 /// One configured bind address, bound: one socket per worker with `reuse_port`, else one socket
@@ -175,7 +176,10 @@ pub async fn accept_loop(
         };
         let ctx = listener.ctx();
         if let Err(e) = stream.set_nodelay(true) {
-            warn!(listener = %ctx.name, error = %e, "cannot set TCP_NODELAY");
+            static SITE: LogLimit = LogLimit::new();
+            if let Some(suppressed) = SITE.allow() {
+                warn!(listener = %ctx.name, error = %e, suppressed, "cannot set TCP_NODELAY");
+            }
         }
         ctx.metrics.total.increment(1);
         ctx.metrics.active.increment(1.0);

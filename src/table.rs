@@ -25,8 +25,8 @@ use crate::balance::{Balancer, Candidates, PickContext};
 use crate::config::{RetryOn, StrategyKind, UpstreamConfig};
 use crate::health::budget::RetryBudget;
 use crate::health::slow_start;
-use crate::metrics::CodeCounters;
-use crate::server::{find_counters, Decay, Passive, Recording};
+use crate::metrics::{listener_id, ByListener, CodeCounters, ListenerId};
+use crate::server::{Decay, Passive, Recording};
 
 /// Per-upstream settings that travel with the snapshot, so a reload changes them atomically.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub struct Snapshot {
     tier: Box<[Arc<Server>]>,
     balancer: Balancer,
     /// `fulcrum_requests_total` handles for answers no server was involved in (503).
-    unserved: Arc<[(Arc<str>, CodeCounters)]>,
+    unserved: Arc<ByListener>,
     /// `fulcrum_retries_total{upstream}`: attempts on another server after a failed one.
     pub retries: metrics::Counter,
     /// The upstream's retry budget (the same one in every snapshot).
@@ -101,9 +101,10 @@ impl Snapshot {
         !self.tier.is_empty()
     }
 
-    /// Request counters of `listener` for answers that involved no server.
-    pub fn unserved_for(&self, listener: &str) -> Option<&CodeCounters> {
-        find_counters(&self.unserved, listener)
+    /// Request counters of listener `id` for answers that involved no server (none if this
+    /// snapshot was built without that listener).
+    pub fn unserved_for(&self, id: ListenerId) -> Option<&CodeCounters> {
+        self.unserved.get(id)
     }
 }
 
@@ -234,9 +235,10 @@ fn build(
     now: Instant,
 ) -> Snapshot {
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let same_listeners = |old: &[(Arc<str>, CodeCounters)]| {
-        old.len() == listeners.len() && old.iter().zip(listeners).all(|((a, _), b)| a == b)
-    };
+    let listeners: Vec<(ListenerId, Arc<str>)> = listeners
+        .iter()
+        .map(|l| (listener_id(l), Arc::clone(l)))
+        .collect();
     let bounded = config.hash.as_ref().is_some_and(|h| h.bounded_load >= 1.0);
     let in_flight_total = bounded.then(|| {
         previous
@@ -272,13 +274,10 @@ fn build(
                 |s| Arc::clone(&s.state),
             );
             let requests_by_listener = match old {
-                Some(s) if same_listeners(&s.requests_by_listener) => {
+                Some(s) if s.requests_by_listener.is_for(&listeners) => {
                     Arc::clone(&s.requests_by_listener)
                 }
-                _ => listeners
-                    .iter()
-                    .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, &sc.address)))
-                    .collect(),
+                _ => Arc::new(ByListener::new(&listeners, &name, &sc.address)),
             };
             let (standing, tenths) = {
                 let mut life = state.life();
@@ -323,11 +322,8 @@ fn build(
     }
     let balancer = Balancer::new(config, &tier, previous.map(|p| &p.balancer), decay);
     let unserved = match previous {
-        Some(p) if same_listeners(&p.unserved) => Arc::clone(&p.unserved),
-        _ => listeners
-            .iter()
-            .map(|l| (Arc::clone(l), CodeCounters::new(l, &name, "")))
-            .collect(),
+        Some(p) if p.unserved.is_for(&listeners) => Arc::clone(&p.unserved),
+        _ => Arc::new(ByListener::new(&listeners, &name, "")),
     };
     Snapshot {
         settings: Settings {

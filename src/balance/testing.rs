@@ -38,7 +38,7 @@ pub fn tier_with(
                 state: Arc::new(ServerState::new("test", &address)),
                 standing: Standing::Up,
                 tenths: 10,
-                requests_by_listener: Arc::from(Vec::new()),
+                requests_by_listener: Arc::new(crate::metrics::ByListener::new(&[], "", "")),
                 recording: Recording {
                     passive: Passive {
                         threshold: 0,

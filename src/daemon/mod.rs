@@ -4,7 +4,7 @@
 //! runtime, its own SO_REUSEPORT sockets and its own upstream pool: a request is served start to end
 //! on one thread and never wakes another (the nginx/HAProxy worker shape). The thread that calls
 //! [`run`] becomes the control thread: signals, reloads (the [`registry`] of what runs), the admin
-//! endpoint, the upstreams' writers, metrics upkeep, systemd notifications, and the drain.
+//! endpoint, the upstreams' writers, systemd notifications, and the drain.
 
 pub mod notify;
 pub mod pidfile;
@@ -156,7 +156,6 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
             message: "started".into(),
         };
         record(pid_file.as_ref(), &status);
-        tokio::spawn(metrics_upkeep(metrics));
         tokio::spawn(return_freed_memory());
         if let Some(every) = watchdog {
             let beats = registry.workers().heartbeats();
@@ -265,15 +264,5 @@ async fn return_freed_memory() {
     loop {
         tick.tick().await;
         crate::proxy::buffer::return_freed_memory();
-    }
-}
-
-/// Keeps the Prometheus exporter's histograms bounded (the exporter does no upkeep by itself when
-/// installed as a bare recorder).
-async fn metrics_upkeep(handle: PrometheusHandle) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        handle.run_upkeep();
     }
 }

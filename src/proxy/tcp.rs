@@ -36,6 +36,7 @@ use super::buffer::Block;
 use super::http::connect_tcp;
 use super::{ListenerCtx, Route};
 use crate::balance::PickContext;
+use crate::metrics::LogLimit;
 use crate::server::Failure;
 
 /// Serves one accepted client connection in tcp mode.
@@ -55,7 +56,10 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, client: TcpStream, peer: So
         let stream = match connect_tcp(server.addr(), snap.settings.connect_timeout).await {
             Ok(stream) => stream,
             Err(e) => {
-                warn!(listener = %ctx.name, upstream = %snap.name, server = %server.config.address, error = %e, "connect failed");
+                static SITE: LogLimit = LogLimit::new();
+                if let Some(suppressed) = SITE.allow() {
+                    warn!(listener = %ctx.name, upstream = %snap.name, server = %server.config.address, error = %e, suppressed, "connect failed");
+                }
                 slot.failed(e.failure());
                 continue;
             }
@@ -81,7 +85,10 @@ pub async fn serve_connection(ctx: Arc<ListenerCtx>, client: TcpStream, peer: So
         }
         return;
     }
-    warn!(listener = %ctx.name, upstream = %snap.name, %peer, "no server could take the connection; closing it");
+    static SITE: LogLimit = LogLimit::new();
+    if let Some(suppressed) = SITE.allow() {
+        warn!(listener = %ctx.name, upstream = %snap.name, %peer, suppressed, "no server could take the connection; closing it");
+    }
 }
 
 /// Which socket of a session something happened on.

@@ -26,7 +26,7 @@ pub use state::{Life, ServerState};
 
 use crate::config::ServerConfig;
 use crate::health::rise_fall::CheckReport;
-use crate::metrics::CodeCounters;
+use crate::metrics::{ByListener, CodeCounters, ListenerId};
 
 /// What the upstream's writer is told.
 pub enum Event {
@@ -90,16 +90,6 @@ impl Standing {
     }
 }
 
-/// The request counters of `listener` in a list built once per snapshot.
-pub fn find_counters<'a>(
-    list: &'a [(Arc<str>, CodeCounters)],
-    listener: &str,
-) -> Option<&'a CodeCounters> {
-    list.iter()
-        .find(|(name, _)| &**name == listener)
-        .map(|(_, c)| c)
-}
-
 /// What an attempt records besides its own server's counters, fixed per snapshot.
 #[derive(Clone)]
 pub struct Recording {
@@ -122,7 +112,7 @@ pub struct Server {
     /// Its weight in tenths of the configured one (10 = full; less while slow start ramps).
     pub tenths: u32,
     /// `fulcrum_requests_total` handles, one set per listener that routes to this upstream.
-    pub requests_by_listener: Arc<[(Arc<str>, CodeCounters)]>,
+    pub requests_by_listener: Arc<ByListener>,
     /// What its attempts record beyond its own counters.
     pub recording: Recording,
 }
@@ -174,9 +164,9 @@ impl Server {
         Some(InFlight::new(Arc::clone(self)))
     }
 
-    /// The request counters of `listener`.
-    pub fn requests_for(&self, listener: &str) -> Option<&CodeCounters> {
-        find_counters(&self.requests_by_listener, listener)
+    /// The request counters of listener `id` (none if this snapshot was built without it).
+    pub fn requests_for(&self, id: ListenerId) -> Option<&CodeCounters> {
+        self.requests_by_listener.get(id)
     }
 }
 

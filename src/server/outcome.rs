@@ -62,7 +62,7 @@ impl InFlight {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let state = &self.server.state;
-        state.metrics.response_seconds.record(elapsed.as_secs_f64());
+        state.metrics.response_seconds.record(elapsed);
         if let Some(decay) = &self.server.recording.latency_decay {
             state.latency.observe(elapsed, decay.millis(now), decay);
         }

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use super::exchange::{exchange, ExchangeError, Reply};
 use super::pool::{self, Conn};
 use super::upload::{ClientFault, Upload};
-use crate::metrics::CodeCounters;
+use crate::metrics::{CodeCounters, LogLimit};
 use crate::proxy::{ListenerCtx, ProxyError};
 use crate::server::{Failure, InFlight};
 use crate::table::{Attempts, Snapshot};
@@ -114,13 +114,13 @@ pub async fn forward(
 ) -> Outcome {
     let Some(mut slot) = attempts.next() else {
         return counted(
-            snap.unserved_for(&ctx.name),
+            snap.unserved_for(ctx.id),
             Outcome::Failed(ProxyError::NoServer),
         );
     };
     loop {
         let server = Arc::clone(slot.server());
-        let counters = server.requests_for(&ctx.name);
+        let counters = server.requests_for(ctx.id);
         let last = match attempt(snap, slot, req).await {
             Attempt::Answered(outcome) => return counted(counters, outcome),
             Attempt::Unsent(error) => Outcome::Failed(error),
@@ -161,7 +161,10 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
     let server = Arc::clone(slot.server());
     let addr = server.addr();
     let connect_failed = |e: pool::ConnectError| {
-        warn!(upstream = %snap.name, server = %server.config.address, error = %e, "connect failed");
+        static SITE: LogLimit = LogLimit::new();
+        if let Some(suppressed) = SITE.allow() {
+            warn!(upstream = %snap.name, server = %server.config.address, error = %e, suppressed, "connect failed");
+        }
         slot.failed(e.failure());
         Attempt::Unsent(ProxyError::ConnectFailed)
     };
@@ -211,17 +214,26 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
             return Attempt::Answered(Outcome::Client(fault));
         }
         Err(ExchangeError::Closed) => {
-            warn!(upstream = %snap.name, server = %server.config.address, reused = conn.reused, "server closed the connection before responding");
+            static SITE: LogLimit = LogLimit::new();
+            if let Some(suppressed) = SITE.allow() {
+                warn!(upstream = %snap.name, server = %server.config.address, reused = conn.reused, suppressed, "server closed the connection before responding");
+            }
             slot.failed(Failure::Reset);
             return Attempt::Sent(Outcome::Failed(ProxyError::BadResponse));
         }
         Err(ExchangeError::Broken(why)) => {
-            warn!(upstream = %snap.name, server = %server.config.address, error = why, "bad response from server");
+            static SITE: LogLimit = LogLimit::new();
+            if let Some(suppressed) = SITE.allow() {
+                warn!(upstream = %snap.name, server = %server.config.address, error = why, suppressed, "bad response from server");
+            }
             slot.failed(Failure::BrokenResponse);
             return Attempt::Answered(Outcome::Failed(ProxyError::BadResponse));
         }
         Err(ExchangeError::Timeout) => {
-            warn!(upstream = %snap.name, server = %server.config.address, timeout = ?settings.response_timeout, "response timed out");
+            static SITE: LogLimit = LogLimit::new();
+            if let Some(suppressed) = SITE.allow() {
+                warn!(upstream = %snap.name, server = %server.config.address, timeout = ?settings.response_timeout, suppressed, "response timed out");
+            }
             slot.failed(Failure::ResponseTimeout);
             let answer = Outcome::Failed(ProxyError::Timeout);
             return if settings.retry_on.timeout {
@@ -234,7 +246,10 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
     slot.record_response_time(started);
     let status = reply.head.status;
     if status == 101 && !req.websocket {
-        warn!(upstream = %snap.name, server = %server.config.address, "101 to a request that asked for no upgrade");
+        static SITE: LogLimit = LogLimit::new();
+        if let Some(suppressed) = SITE.allow() {
+            warn!(upstream = %snap.name, server = %server.config.address, suppressed, "101 to a request that asked for no upgrade");
+        }
         slot.failed(Failure::BrokenResponse);
         return Attempt::Answered(Outcome::Failed(ProxyError::BadResponse));
     }

@@ -291,10 +291,10 @@ async fn read_head(
 async fn refuse(ctx: &ListenerCtx, stream: &TcpStream, error: ProxyError) {
     let snap;
     let counters = match &ctx.route {
-        Route::Respond { counters, .. } => Some(counters),
+        Route::Respond { counters, .. } => Some(&**counters),
         Route::Upstream(upstream) => {
             snap = upstream.load();
-            snap.unserved_for(&ctx.name)
+            snap.unserved_for(ctx.id)
         }
     };
     if let Some(counters) = counters {
@@ -473,7 +473,7 @@ impl Exchange<'_> {
     /// Answers a request that goes to no server: counted on the listener's unserved series; the
     /// connection stays open for a 5xx when the request had no body.
     async fn own_answer(&self, inbox: &mut Inbox, head: &RequestHead, error: ProxyError) -> Next {
-        if let Some(counters) = self.snap.unserved_for(&self.ctx.name) {
+        if let Some(counters) = self.snap.unserved_for(self.ctx.id) {
             counters.inc(error.status().as_u16());
         }
         inbox.consume(head.len);

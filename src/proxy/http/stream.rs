@@ -41,7 +41,7 @@ pub async fn handle(
     };
     let snap = upstream.load();
     let unserved = |error: ProxyError| {
-        if let Some(counters) = snap.unserved_for(&ctx.name) {
+        if let Some(counters) = snap.unserved_for(ctx.id) {
             counters.inc(error.status().as_u16());
         }
         error.response()

@@ -1,16 +1,29 @@
-//! Metric names and pre-resolved handles.
+//! Metric names, pre-resolved handles, and the rate limit of data-path warnings.
 //!
 //! Every series is registered once per label set when a snapshot or listener is built, never looked up
 //! by name on the request path. The status-code dimension of `fulcrum_requests_total` is open-ended,
-//! so [`CodeCounters`] resolves each code's handle the first time it is seen and keeps it.
+//! so [`CodeCounters`] resolves each code's handle the first time it is seen and keeps it; a
+//! listener's counters are found by its [`ListenerId`], not its name. The response-time histogram
+//! is Fulcrum's own ([`ResponseHistogram`]), rendered after the exporter's series by [`render`].
 
-use std::sync::{Arc, OnceLock};
+mod codes;
+mod histogram;
+mod limiter;
+mod listeners;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use std::sync::Arc;
+
+use metrics::{counter, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use codes::CodeCounters;
+pub use histogram::ResponseHistogram;
+pub use limiter::LogLimit;
+pub use listeners::{listener_id, ByListener, ListenerId};
 
 /// `fulcrum_requests_total`.
 pub const REQUESTS_TOTAL: &str = "fulcrum_requests_total";
-/// `fulcrum_upstream_response_seconds` (a histogram: buckets are set on the exporter).
+/// `fulcrum_upstream_response_seconds` (a histogram of [`RESPONSE_BUCKETS`], see [`ResponseHistogram`]).
 pub const UPSTREAM_RESPONSE_SECONDS: &str = "fulcrum_upstream_response_seconds";
 /// `fulcrum_connections_active`.
 pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
@@ -32,51 +45,10 @@ pub const RESPONSE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Slots in a [`CodeCounters`]; a code lands in slot `code % SLOTS`. 64 keeps the common codes
-/// (200, 204, 301, 302, 304, 400, 404, 500, 502, 503, 504) in distinct slots.
-const SLOTS: usize = 64;
-
-/// `fulcrum_requests_total{listener,upstream,server,code}` for one (listener, upstream, server).
-pub struct CodeCounters {
-    labels: Arc<[(&'static str, String); 3]>,
-    slots: Box<[OnceLock<(u16, Counter)>]>,
-}
-
-impl CodeCounters {
-    /// Handles for one label set; `upstream` and `server` are empty where no server was involved.
-    pub fn new(listener: &str, upstream: &str, server: &str) -> Self {
-        CodeCounters {
-            labels: Arc::new([
-                ("listener", listener.to_string()),
-                ("upstream", upstream.to_string()),
-                ("server", server.to_string()),
-            ]),
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// Counts one response sent to the client with status `code`.
-    pub fn inc(&self, code: u16) {
-        let slot = &self.slots[code as usize % SLOTS];
-        let (owner, counter) = slot.get_or_init(|| (code, self.register(code)));
-        if *owner == code {
-            counter.increment(1);
-        } else {
-            // A rare code sharing a slot with a common one: resolve by name this once.
-            self.register(code).increment(1);
-        }
-    }
-
-    fn register(&self, code: u16) -> Counter {
-        let [l, u, s] = &*self.labels;
-        counter!(REQUESTS_TOTAL, l.0 => l.1.clone(), u.0 => u.1.clone(), s.0 => s.1.clone(), "code" => code.to_string())
-    }
-}
-
 /// Per-server series labelled `{upstream, server}` (checks also by `result`).
 pub struct ServerMetrics {
-    /// Time from sending the request to the response head.
-    pub response_seconds: Histogram,
+    /// Time from sending the request to the response head (tcp: the connect time).
+    pub response_seconds: Arc<ResponseHistogram>,
     /// 1 when the server may take traffic, 0 otherwise.
     pub up: Gauge,
     /// Passive ejections.
@@ -96,7 +68,7 @@ impl ServerMetrics {
         ];
         let check = |result: &'static str| counter!(HEALTH_CHECKS_TOTAL, "upstream" => upstream.to_string(), "server" => server.to_string(), "result" => result);
         ServerMetrics {
-            response_seconds: histogram!(UPSTREAM_RESPONSE_SECONDS, &labels),
+            response_seconds: ResponseHistogram::new(upstream, server),
             up: gauge!(SERVER_UP, &labels),
             ejections: counter!(SERVER_EJECTIONS_TOTAL, &labels),
             checks_ok: check("ok"),
@@ -127,9 +99,6 @@ impl ListenerMetrics {
 /// Why the metrics recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// The exporter rejected its configuration.
-    #[error("metrics exporter: {0}")]
-    Build(#[from] metrics_exporter_prometheus::BuildError),
     /// A global recorder was already installed.
     #[error("metrics recorder already installed")]
     AlreadyInstalled,
@@ -138,14 +107,15 @@ pub enum InstallError {
 /// Installs the Prometheus recorder as the process-wide one and returns the handle `/metrics`
 /// renders from. Must run before any handle is registered (earlier handles would be no-ops).
 pub fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, InstallError> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(UPSTREAM_RESPONSE_SECONDS.to_string()),
-            RESPONSE_BUCKETS,
-        )?
-        .build_recorder();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| InstallError::AlreadyInstalled)?;
     Ok(handle)
+}
+
+/// The `/metrics` text: the exporter's series, then the response-time histograms.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    histogram::render_all(&mut out);
+    out
 }
