@@ -10,14 +10,15 @@ every reload adds or removes server c, every second one adds or removes a second
 after the last reload the clients stop. Each proxy is reloaded its own standard way:
 
   fulcrum  `fulcrum reload -c FILE --pid-file PIDFILE` (validates, signals, waits for the verdict)
-  haproxy  master-worker with systemd notify (`haproxy -Ws -db -f FILE`, NOTIFY_SOCKET a datagram
-           socket this script reads), SIGUSR2 to the master as the packaged unit's ExecReload does,
-           then its READY=1, as systemd waits for it; rather than `-sf` with a new process each
-           time: one master PID to signal and stop, the listening sockets handed over inside it
+  haproxy  as Debian's haproxy.service does (Type=notify, `haproxy -Ws`, ExecReload `haproxy -c`
+           then `kill -USR2` to the master): `haproxy -Ws -db -f FILE` with NOTIFY_SOCKET a datagram
+           socket this script reads; a reload is `haproxy -c -q -f FILE`, SIGUSR2, then the
+           master's READY=1 that follows its RELOADING=1 (systemd 253+ waits for it too). Not `-sf`
+           with a new process each time: one master PID to signal and stop, as the unit runs it
   nginx    `nginx -c FILE -s reload` (SIGHUP to the master), applied once it has forked new workers
 
-The next reload starts SPACING after the previous one was applied (a HAProxy master sent SIGUSR2
-while still loading the last config loses it).
+The next reload starts SPACING after the previous one was applied (sent on a fixed 0.5 s clock
+instead, without waiting for READY=1, a loaded HAProxy master ignored 2 of 10 SIGUSR2).
 
 A client counts a connection closed by the proxy when it finds it closed before writing (EOF or
 reset pending on the idle socket: the check HTTP client pools make before reusing one), when a read
@@ -25,6 +26,11 @@ or write on it fails (EOF or reset: the request also counts as failed), or when 
 `Connection: close`; it then reconnects and goes on. Failed requests: errors and non-200 answers.
 A change took effect when, before the next reload: an added c served a request; a removed c served
 nothing in the last 0.15 s; an added listener answered 200; a removed one refused connections.
+
+The table, per proxy: seconds of load, requests, failed, closed (idle + on-request + conn-close:
+how the proxy closed them), changes that took effect (of 20) and the slowest one (from the start
+of its reload until it showed). What went wrong (changes that did not show, errors by kind) goes
+to stderr.
 
 FULCRUM=path picks the fulcrum binary (default: target/release/fulcrum, under CARGO_TARGET_DIR when
 set). Needs haproxy and nginx (apt-get install haproxy nginx) and a release build of fulcrum
@@ -297,8 +303,9 @@ class Proxy:
     def version(self):
         out = subprocess.run({"fulcrum": [self.fulcrum, "--version"], "haproxy": ["haproxy", "-v"],
                               "nginx": ["nginx", "-v"]}[self.name], capture_output=True, text=True)
+        # "fulcrum 0.1.0", "HAProxy version 2.6.12-1 ...", "nginx version: nginx/1.22.1"
         words = (out.stdout + out.stderr).split()
-        return {"fulcrum": words[1], "haproxy": words[2], "nginx": words[2].split("/")[-1]}[self.name]
+        return words[1] if self.name == "fulcrum" else words[2].split("/")[-1]
 
     def start(self):
         self.write(extra=False, with_c=False)
@@ -338,6 +345,10 @@ class Proxy:
                                   self.pid_file], capture_output=True, text=True)
             return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
         if self.name == "haproxy":
+            out = subprocess.run(["haproxy", "-c", "-q", "-f", self.config], capture_output=True,
+                                 text=True)
+            if out.returncode != 0:
+                return (out.stdout + out.stderr).strip()
             os.kill(self.process.pid, signal.SIGUSR2)
             ready = self.ready()
             self.workers |= set(children(self.process.pid))
@@ -393,6 +404,7 @@ def scenario(proxy):
     proxy.start()
     stop = threading.Event()
     clients = [Client(proxy.port, i, stop) for i in range(CLIENTS)]
+    started = time.monotonic()
     for client in clients:
         client.start()
     try:
@@ -403,6 +415,7 @@ def scenario(proxy):
         stop.set()
         for client in clients:
             client.join(timeout=10)
+    seconds = time.monotonic() - started  # of load: requests / seconds is the clients' pace
     served = sorted(x for c in clients for x in c.served)
     for i, (issued, end, with_c) in enumerate(phases, 1):
         seen = effect(served, issued, end, with_c)
@@ -414,10 +427,10 @@ def scenario(proxy):
     for c in clients:
         closed += c.closed
         errors += c.errors
-    row = {"requests": sum(c.requests for c in clients), "failed": sum(c.failed for c in clients),
-           "closed": sum(closed.values()), "idle": closed["idle"], "on-request": closed["on-request"],
-           "conn-close": closed["conn-close"],
-           "changes": f"{len(delays)}/{2 * RELOADS}",
+    row = {"seconds": f"{seconds:.1f}", "requests": sum(c.requests for c in clients),
+           "failed": sum(c.failed for c in clients), "closed": sum(closed.values()),
+           "idle": closed["idle"], "on-request": closed["on-request"],
+           "conn-close": closed["conn-close"], "changes": f"{len(delays)}/{2 * RELOADS}",
            "slowest": f"{max(delays) * 1000:.0f} ms" if delays else "-"}
     return row, problems + [f"{n} x {e}" for e, n in errors.most_common()]
 
@@ -446,7 +459,9 @@ def reloads(proxy):
 
 
 def start_backends(dir):
-    servers = "\n".join(f'  server {{ listen 127.0.0.1:{p}; location / {{ return 200 "hello from {s}\\n"; }} }}'
+    """Starts the nginx that plays servers a, b and c; returns its master."""
+    body = 'location / {{ return 200 "hello from {}\\n"; }}'
+    servers = "\n".join(f"  server {{ listen 127.0.0.1:{p}; {body.format(s)} }}"
                         for s, p in BACKENDS.items())
     conf = os.path.join(dir, "backends.conf")
     with open(conf, "w") as f:
@@ -491,10 +506,10 @@ def main():
                     print(f"{name}: {problem}", file=sys.stderr)
         finally:
             stop_pid(backends)
-    columns = ["version", "requests", "failed", "closed", "idle", "on-request", "conn-close",
+    columns = ["version", "seconds", "requests", "failed", "closed", "idle", "on-request", "conn-close",
                "changes", "slowest"]
-    print(f"{CLIENTS} keep-alive clients, {RELOADS} reloads {SPACING} s apart, {WORKERS} workers each; "
-          "closed = idle + on-request + conn-close")
+    print(f"{CLIENTS} keep-alive clients, {RELOADS} reloads each {SPACING} s after the last applied, "
+          f"{WORKERS} workers each; closed = idle + on-request + conn-close")
     widths = {c: 2 + max([len(c)] + [len(str(row[c])) for row in rows.values()]) for c in columns}
     print(f"{'proxy':<8}" + "".join(f"{c:>{widths[c]}}" for c in columns))
     for name, row in rows.items():
