@@ -76,6 +76,7 @@ http {{
 
 
 def fulcrum_config(port, extra, with_c):
+    """Listener `web` on `port` (and `extra` on `extra` when given), round robin over a, b (c)."""
     servers = ", ".join(f'{{ address = "127.0.0.1:{BACKENDS[s]}" }}' for s in servers_of(with_c))
     text = (f"[runtime]\nworker_threads = {WORKERS}\n\n"
             f'[listeners.web]\nbind = "127.0.0.1:{port}"\nmode = "http"\nupstream = "app"\n'
@@ -87,6 +88,7 @@ def fulcrum_config(port, extra, with_c):
 
 
 def haproxy_config(port, extra, with_c):
+    """The same as fulcrum_config, for HAProxy, with the keep-alive settings an SRE would use."""
     servers = "".join(f"  server {s} 127.0.0.1:{BACKENDS[s]}\n" for s in servers_of(with_c))
     # idle-close-on-response (2.6+): on soft-stop an idle connection gets one more answer, with
     # `Connection: close`, instead of being closed under a client that may be writing to it.
@@ -101,6 +103,7 @@ def haproxy_config(port, extra, with_c):
 
 
 def nginx_config(port, extra, with_c, dir):
+    """The same as fulcrum_config, for nginx (upstream keep-alive as compare.sh sets it)."""
     servers = " ".join(f"server 127.0.0.1:{BACKENDS[s]};" for s in servers_of(with_c))
     location = ("location / { proxy_pass http://app; proxy_http_version 1.1; "
                 'proxy_set_header Connection ""; }')
@@ -114,6 +117,7 @@ def nginx_config(port, extra, with_c, dir):
 
 
 def servers_of(with_c):
+    """Round robin over a and b, with c when the config adds it."""
     return ["a", "b", "c"] if with_c else ["a", "b"]
 
 
@@ -152,6 +156,7 @@ def wait_until(deadline, check, step=0.01):
 
 
 def port_open(port):
+    """Whether something accepts connections on 127.0.0.1:port."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
         return True
