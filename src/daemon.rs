@@ -27,13 +27,16 @@ pub enum Error {
     /// A listener's address could not be bound.
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
     Bind {
-        /// The listener's name (`admin` for the admin endpoint).
+        /// The listener's name.
         listener: String,
         /// The address from the config.
         addr: SocketAddr,
         /// What the kernel said.
         source: std::io::Error,
     },
+    /// The admin endpoint could not listen.
+    #[error("admin endpoint: {0}")]
+    Admin(#[from] admin::BindError),
     /// A runtime, thread or signal handler could not be set up.
     #[error("cannot start: {0}")]
     Setup(#[from] std::io::Error),
@@ -76,18 +79,11 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
             }
         }
     }
-    let admin_socket = match &config.admin {
-        Some(admin) => {
-            let socket = listener::bind(admin.bind, 128, false).map_err(|source| Error::Bind {
-                listener: "admin".into(),
-                addr: admin.bind,
-                source,
-            })?;
-            info!(addr = %socket.local_addr()?, "admin listening");
-            Some(socket)
-        }
-        None => None,
-    };
+    let admin_socket = config
+        .admin
+        .as_ref()
+        .map(|a| admin::bind(&a.bind))
+        .transpose()?;
     let (trigger, shutdown) = shutdown_channel();
     let limit = Arc::new(Semaphore::new(config.runtime.max_connections as usize));
     let shortest_idle = config.upstreams.iter().map(|u| u.pool_idle_timeout).min();
@@ -110,12 +106,9 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
             let state = Arc::new(admin::State {
                 upstreams: Arc::new(Directory::new(upstreams)),
                 metrics: metrics.clone(),
+                token: config.admin.as_ref().and_then(|a| a.token.clone()),
             });
-            tokio::spawn(admin::serve(
-                tokio::net::TcpListener::from_std(socket)?,
-                state,
-                shutdown.clone(),
-            ));
+            tokio::spawn(admin::serve(socket, state, shutdown.clone()));
         }
         tokio::spawn(metrics_upkeep(metrics));
         tokio::spawn(return_freed_memory());
