@@ -30,7 +30,7 @@ const HEAD: &str = "<!doctype html><html lang=en><meta charset=utf-8>\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}\
 table{border-collapse:collapse}th,td{padding:3px 10px;text-align:left;border-bottom:1px solid #ddd}\
-th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th{background:#eee;vertical-align:bottom}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .state{font-weight:bold;padding:1px 8px;border-radius:3px;color:#fff;background:#555}\
 .up{background:#2e7d32}.down{background:#c62828}.ejected{background:#ef6c00}\
 .draining{background:#1565c0}.disabled{background:#6a1b9a}.config_down{background:#757575}\
@@ -78,7 +78,7 @@ function render(status) {
       cell(row, s.failures, true);
       const c = s.last_check;
       cell(row, c ? (c.ok ? "ok" : "failed") + " (" + c.detail + ") at " + c.at : "-");
-      cell(row, (s.ejected ? "ejected" : "in service") + ", " + s.ejections + " ejections");
+      cell(row, (s.ejected ? "ejected" : "no") + " (" + s.ejections + " so far)");
     }
     fresh.appendChild(table);
   }
