@@ -53,8 +53,9 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-/// Whether `presented` is `secret`, in a time that depends on the presented length only: every
-/// byte is compared and the differences are OR-ed, with no early exit on the first mismatch.
+/// Whether `presented` is `secret`, in a time that does not depend on where they differ: every
+/// presented byte is compared and the differences are OR-ed, with no early exit on a mismatch (the
+/// secret's length is not hidden; its bytes are).
 fn same_secret(presented: &[u8], secret: &[u8]) -> bool {
     let mut diff = u8::from(presented.len() != secret.len());
     for (i, &byte) in presented.iter().enumerate() {
