@@ -39,27 +39,20 @@ pub enum Admin {
 }
 
 impl Admin {
-    /// The admin API's verb for each state, in `POST .../{drain|disable|enable}`.
-    const ACTIONS: [(&'static str, Admin); 3] = [
-        ("enable", Admin::Enabled),
-        ("drain", Admin::Draining),
-        ("disable", Admin::Disabled),
-    ];
+    /// The verb of `POST .../{drain|disable|enable}` that asks for this state.
+    pub fn action(self) -> &'static str {
+        match self {
+            Admin::Enabled => "enable",
+            Admin::Draining => "drain",
+            Admin::Disabled => "disable",
+        }
+    }
 
     /// The state the verb `action` asks for, if it is one.
     pub fn from_action(action: &str) -> Option<Admin> {
-        Self::ACTIONS
-            .iter()
-            .find(|(verb, _)| *verb == action)
-            .map(|&(_, admin)| admin)
-    }
-
-    /// The verb that asks for this state (logged with each admin action).
-    pub fn action(self) -> &'static str {
-        Self::ACTIONS
-            .iter()
-            .find(|(_, admin)| *admin == self)
-            .map_or("enable", |(verb, _)| verb)
+        [Admin::Enabled, Admin::Draining, Admin::Disabled]
+            .into_iter()
+            .find(|admin| admin.action() == action)
     }
 }
 
