@@ -577,3 +577,52 @@ async fn a_unix_path_held_by_a_live_socket_or_by_a_file_is_left_alone() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
     assert!(std::os::unix::net::UnixStream::connect(&live).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_tcp_mode_a_drained_server_keeps_its_sessions_and_takes_no_new_ones() {
+    use support::client::echo_roundtrip;
+    use support::{EchoMode, TcpEchoBackend};
+    let a = TcpEchoBackend::start(EchoMode::Stream).await;
+    let b = TcpEchoBackend::start(EchoMode::Stream).await;
+    let config = r#"
+[runtime]
+worker_threads = 2
+
+[admin]
+bind = "127.0.0.1:0"
+
+[listeners.l4]
+bind = "127.0.0.1:0"
+mode = "tcp"
+upstream = "echo"
+
+[upstreams.echo]
+servers = [ { address = "${A}" }, { address = "${B}" } ]
+"#;
+    let d = Daemon::builder(config)
+        .var("A", a.addr())
+        .var("B", b.addr())
+        .start()
+        .await;
+    let admin = d.admin_addr();
+    // B out of the way while the session that stays open is made, so it is on A.
+    action(admin, "echo", &b.addr().to_string(), "disable", &[]).await;
+    let mut open = tokio::net::TcpStream::connect(d.addr("l4")).await.unwrap();
+    echo_roundtrip(&mut open, b"before").await;
+    assert_eq!((a.accepts(), b.accepts()), (1, 0));
+    action(admin, "echo", &b.addr().to_string(), "enable", &[]).await;
+
+    let r = action(admin, "echo", &a.addr().to_string(), "drain", &[]).await;
+    assert_eq!(r.json()["state"], "draining", "{}", r.text());
+    assert_eq!(r.json()["in_flight"], 1, "{}", r.text());
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(d.addr("l4")).await.unwrap();
+        echo_roundtrip(&mut s, b"new").await;
+    }
+    assert_eq!(
+        (a.accepts(), b.accepts()),
+        (1, 4),
+        "new sessions go to B only"
+    );
+    echo_roundtrip(&mut open, b"after the drain").await;
+}
