@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use crate::server::{Event, Failure, InFlight, Life, Server, ServerState, Standing};
+pub use crate::server::{Admin, Event, Failure, InFlight, Life, Server, ServerState, Standing};
 pub use writer::Writer;
 
 use crate::balance::{Balancer, Candidates, PickContext};
@@ -213,10 +213,16 @@ impl Upstream {
     }
 }
 
-/// Where a server stands given its configuration and the writer's record of it.
+/// Where a server stands given its configuration and the writer's record of it. The file comes
+/// first, then the operator (disabled over draining), then health, then passive ejection: what a
+/// person decided outranks what a machine measured, and the state shown is the one to undo first.
 fn standing(down: bool, life: &Life) -> Standing {
     if down {
         Standing::ConfigDown
+    } else if life.admin == Admin::Disabled {
+        Standing::Disabled
+    } else if life.admin == Admin::Draining {
+        Standing::Draining
     } else if life.health.as_ref().is_some_and(|h| !h.is_up()) {
         Standing::Down
     } else if life.ejection.is_ejected() {
@@ -347,6 +353,8 @@ fn build(
     }
 }
 
+#[cfg(test)]
+mod admin_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

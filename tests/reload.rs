@@ -456,3 +456,24 @@ async fn a_server_marked_down_by_its_checks_stays_down_across_a_reload() {
     );
     assert_eq!(b.checks(), checks);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_stays_drained_across_a_reload() {
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let b = HttpBackend::start("b", Behaviour::Identity).await;
+    let c = HttpBackend::start("c", Behaviour::Identity).await;
+    let d = Daemon::builder(&config(&[&a, &b], &[], false, "app"))
+        .start()
+        .await;
+    let admin = d.admin_addr();
+    let drained = support::admin::action(admin, "app", &b.addr().to_string(), "drain", &[]).await;
+    assert_eq!(drained.status, StatusCode::OK, "{drained:?}");
+    reload_ok(&d, &config(&[&a, &b, &c], &[], false, "app")).await;
+    let b_now = support::admin::server_status(admin, "app", b.addr()).await;
+    assert_eq!(b_now["state"], "draining", "{b_now}");
+    let mut client = H1Client::connect(d.addr("web")).await;
+    for _ in 0..10 {
+        assert_ne!(client.get("/").await.backend(), "b");
+    }
+    assert_eq!(b.requests(), 0);
+}

@@ -49,11 +49,22 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// `[admin]`: where the admin HTTP endpoint listens.
+/// `[admin]`: where the admin HTTP endpoint listens, and what a POST must carry.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// The TCP address of the admin endpoint.
-    pub bind: SocketAddr,
+    /// Where the admin endpoint listens.
+    pub bind: AdminBind,
+    /// The bearer token every POST must present; `None` = POSTs are open to whoever can connect.
+    pub token: Option<String>,
+}
+
+/// `admin.bind`: a TCP address, or a unix socket path (`unix:PATH`) that file permissions guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBind {
+    /// `IP:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:PATH`: a stream socket created with mode 0600.
+    Unix(PathBuf),
 }
 
 /// How a listener treats the bytes it accepts.

@@ -35,7 +35,7 @@ pub struct Runtime {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub bind: Spanned<String>,
-    pub token: Reserved,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

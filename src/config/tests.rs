@@ -471,3 +471,43 @@ fn a_hash_table_needs_consistent_hash() {
         (line_of(&text, "hash ="), "upstreams.app.hash")
     );
 }
+
+#[test]
+fn admin_binds_tcp_or_a_unix_path_and_keeps_the_token() {
+    let config = parse(GOOD).unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(
+        admin.bind,
+        AdminBind::Tcp("127.0.0.1:9900".parse().unwrap())
+    );
+    assert_eq!(admin.token, None);
+    let text = GOOD.replace(
+        "bind = \"127.0.0.1:9900\"\n",
+        "bind = \"unix:/run/fulcrum/admin.sock\"\ntoken = \"s3cret\"\n",
+    );
+    let admin = parse(&text).unwrap().admin.unwrap();
+    assert_eq!(
+        admin.bind,
+        AdminBind::Unix(PathBuf::from("/run/fulcrum/admin.sock"))
+    );
+    assert_eq!(admin.token.as_deref(), Some("s3cret"));
+}
+
+#[test]
+fn an_empty_admin_token_is_rejected_at_its_line() {
+    let text = GOOD.replace(
+        "bind = \"127.0.0.1:9900\"\n",
+        "bind = \"127.0.0.1:9900\"\ntoken = \"\"\n",
+    );
+    let (line, key, message) = error_of(&text);
+    assert_eq!((line, key.as_str()), (8, "admin.token"), "{message}");
+}
+
+#[test]
+fn bad_admin_binds_are_located() {
+    for bind in ["unix:", "localhost:9900"] {
+        let text = GOOD.replace("\"127.0.0.1:9900\"", &format!("\"{bind}\""));
+        let (line, key, message) = error_of(&text);
+        assert_eq!((line, key.as_str()), (7, "admin.bind"), "{bind}: {message}");
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +12,8 @@ use toml::Spanned;
 use super::error::Source;
 use super::raw;
 use super::{
-    AdminConfig, Config, Error, ListenerConfig, Mode, RespondConfig, RuntimeConfig, ServerConfig,
-    StrategyKind, Target, UpstreamConfig,
+    AdminBind, AdminConfig, Config, Error, ListenerConfig, Mode, RespondConfig, RuntimeConfig,
+    ServerConfig, StrategyKind, Target, UpstreamConfig,
 };
 
 /// Turns the file as written into a [`Config`], or the first rule it breaks.
@@ -124,23 +125,38 @@ impl Validator<'_> {
     }
 
     fn admin(&self, a: raw::Admin) -> Result<AdminConfig, Error> {
-        self.reserved("admin.token", &a.token)?;
         let text = a.bind.get_ref();
-        if text.starts_with("unix:") {
-            return Err(self.err(
-                a.bind.span(),
-                "admin.bind",
-                "unix sockets are not supported yet",
-            ));
-        }
-        let bind = text.parse().map_err(|_| {
-            self.err(
-                a.bind.span(),
-                "admin.bind",
-                format!("`{text}` is not an IP:port address"),
-            )
-        })?;
-        Ok(AdminConfig { bind })
+        let bind = if let Some(path) = text.strip_prefix("unix:") {
+            // sun_path holds 108 bytes with the terminating NUL.
+            if path.is_empty() || path.len() > 107 {
+                return Err(self.err(
+                    a.bind.span(),
+                    "admin.bind",
+                    format!("`{text}`: a unix socket path needs 1 to 107 bytes"),
+                ));
+            }
+            AdminBind::Unix(PathBuf::from(path))
+        } else {
+            AdminBind::Tcp(text.parse().map_err(|_| {
+                self.err(
+                    a.bind.span(),
+                    "admin.bind",
+                    format!("`{text}` is not an IP:port address or unix:PATH"),
+                )
+            })?)
+        };
+        let token = match a.token {
+            Some(t) if t.get_ref().is_empty() => {
+                return Err(self.err(
+                    t.span(),
+                    "admin.token",
+                    "an empty token would let any POST through; remove the key or set a secret",
+                ))
+            }
+            Some(t) => Some(t.into_inner()),
+            None => None,
+        };
+        Ok(AdminConfig { bind, token })
     }
 
     fn listener(

@@ -26,7 +26,6 @@ use tracing::{error, info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::lifecycle::shutdown_channel;
-use crate::listener;
 use pidfile::{PidFile, ReloadStatus};
 use registry::Registry;
 use workers::{Shared, Workers};
@@ -55,6 +54,9 @@ pub enum Error {
     /// The new configuration changes something only a restart can.
     #[error("{0} needs a restart")]
     NeedsRestart(String),
+    /// The admin endpoint could not listen.
+    #[error("admin endpoint: {0}")]
+    Admin(#[from] admin::BindError),
     /// A reload's file is invalid (the same errors as `fulcrum check`).
     #[error("{0}")]
     Config(#[from] crate::config::Error),
@@ -131,18 +133,13 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
         );
         registry.apply(&config).await?;
         if let Some(admin) = &config.admin {
-            let socket = listener::bind(admin.bind, 128, false)
-                .map_err(|source| Error::bind("admin", admin.bind, source))?;
-            info!(addr = %socket.local_addr()?, "admin listening");
+            let socket = admin::bind(&admin.bind)?;
             let state = Arc::new(admin::State {
                 upstreams: registry.directory(),
-                metrics: metrics.clone(),
+                metrics,
+                token: admin.token.clone(),
             });
-            tokio::spawn(admin::serve(
-                tokio::net::TcpListener::from_std(socket)?,
-                state,
-                shutdown.clone(),
-            ));
+            tokio::spawn(admin::serve(socket, state, shutdown.clone()));
         }
         let pid_file = options.pid_file.as_deref().and_then(create_pid_file);
         let reloads = Reloads {
@@ -223,7 +220,8 @@ async fn reload(registry: &mut Registry, running: &mut Config) -> Result<String,
     if loaded.runtime.worker_threads != running.runtime.worker_threads {
         kept.push("runtime.worker_threads");
     }
-    if loaded.admin.as_ref().map(|a| a.bind) != running.admin.as_ref().map(|a| a.bind) {
+    let admin = |c: &Config| c.admin.as_ref().map(|a| (a.bind.clone(), a.token.clone()));
+    if admin(&loaded) != admin(running) {
         kept.push("admin");
     }
     registry.apply(&loaded).await?;

@@ -24,12 +24,19 @@ pub struct Ejection {
     until: Option<Instant>,
     /// When the server last returned to service (decay runs from here).
     back_since: Option<Instant>,
+    /// Ejections since start, never decayed: what `/status` and the status page show.
+    total: u64,
 }
 
 impl Ejection {
     /// Whether the server is ejected now (until its timer ends it).
     pub fn is_ejected(&self) -> bool {
         self.until.is_some()
+    }
+
+    /// Ejections since start (the decayed count only sets the next one's length).
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// When the current ejection ends.
@@ -54,6 +61,7 @@ impl Ejection {
     /// Ejects the server at `now`; returns how long for.
     pub fn eject(&mut self, now: Instant, config: &EjectionConfig) -> Duration {
         self.count = self.count(now, config).saturating_add(1);
+        self.total += 1;
         let length = config
             .base_time
             .saturating_mul(self.count)

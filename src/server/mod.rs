@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 pub use latency::{Decay, Latency};
 pub use outcome::{Failure, InFlight};
-pub use state::{Life, ServerState};
+pub use state::{Admin, Life, ServerState};
 
 use crate::config::ServerConfig;
 use crate::health::rise_fall::CheckReport;
@@ -54,6 +55,16 @@ pub enum Event {
         /// when their request counters exist.
         published: tokio::sync::oneshot::Sender<()>,
     },
+    /// An operator drained, disabled or enabled a server through the admin API.
+    Admin {
+        /// The server's address as configured.
+        address: String,
+        /// What it is to be.
+        admin: Admin,
+        /// Gets the server as the snapshot published after the change has it, or `None` when the
+        /// upstream has no server at `address` (any more).
+        reply: oneshot::Sender<Option<Arc<Server>>>,
+    },
 }
 
 /// Where a worker reports a server crossing the ejection threshold.
@@ -76,6 +87,10 @@ pub enum Standing {
     Ejected,
     /// `down = true` in the config.
     ConfigDown,
+    /// Drained through the admin API.
+    Draining,
+    /// Disabled through the admin API.
+    Disabled,
 }
 
 impl Standing {
@@ -86,6 +101,8 @@ impl Standing {
             Standing::Down => "down",
             Standing::Ejected => "ejected",
             Standing::ConfigDown => "config_down",
+            Standing::Draining => "draining",
+            Standing::Disabled => "disabled",
         }
     }
 }
@@ -181,10 +198,22 @@ mod tests {
             Standing::Down,
             Standing::Ejected,
             Standing::ConfigDown,
+            Standing::Draining,
+            Standing::Disabled,
         ]
         .iter()
         .map(|s| s.as_str())
         .collect();
-        assert_eq!(names, ["up", "down", "ejected", "config_down"]);
+        assert_eq!(
+            names,
+            [
+                "up",
+                "down",
+                "ejected",
+                "config_down",
+                "draining",
+                "disabled"
+            ]
+        );
     }
 }

@@ -11,16 +11,49 @@ use crate::health::ejection::Ejection;
 use crate::health::rise_fall::Health;
 use crate::metrics::ServerMetrics;
 
-/// What the writer keeps about a server between snapshots: health, ejection and the slow-start
-/// ramp. Only the writer changes it; `/status` reads it. Never touched on the request path.
+/// What the writer keeps about a server between snapshots: health, ejection, the slow-start ramp
+/// and what an operator set through the admin API. Only the writer changes it; `/status` reads it.
+/// Never touched on the request path.
 #[derive(Debug, Default)]
 pub struct Life {
+    /// The operator's word on the server (admin API); kept across reloads with the server.
+    pub admin: Admin,
     /// The active checks' view; `None` when the upstream has no health check.
     pub health: Option<Health>,
     /// Passive ejection.
     pub ejection: Ejection,
     /// When the server last re-entered service, while its slow-start ramp runs.
     pub ramp_since: Option<Instant>,
+}
+
+/// What an operator set on a server through the admin API (HAProxy's drain and maint).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// Health and ejection decide.
+    #[default]
+    Enabled,
+    /// Takes no new requests or connections; those in flight finish.
+    Draining,
+    /// Takes nothing new either, and says the operator took it out of service.
+    Disabled,
+}
+
+impl Admin {
+    /// The verb of `POST .../{drain|disable|enable}` that asks for this state.
+    pub fn action(self) -> &'static str {
+        match self {
+            Admin::Enabled => "enable",
+            Admin::Draining => "drain",
+            Admin::Disabled => "disable",
+        }
+    }
+
+    /// The state the verb `action` asks for, if it is one.
+    pub fn from_action(action: &str) -> Option<Admin> {
+        [Admin::Enabled, Admin::Draining, Admin::Disabled]
+            .into_iter()
+            .find(|admin| admin.action() == action)
+    }
 }
 
 /// Live state of one server, shared by every snapshot that contains it.

@@ -24,7 +24,7 @@ use crate::health::check;
 use crate::health::ejection;
 use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
-use crate::server::{Event, Failure, ServerState, Standing};
+use crate::server::{Admin, Event, Failure, Server, ServerState, Standing};
 
 /// How often at most the writer says that `max_percent` kept a failing server in rotation.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -169,7 +169,42 @@ impl Writer {
                 // The reload may have given up waiting; nothing to tell then.
                 let _ = published.send(());
             }
+            Event::Admin {
+                address,
+                admin,
+                reply,
+            } => {
+                let server = self.on_admin(&snap, &address, admin, now);
+                // The admin request may have stopped waiting; the change stands either way.
+                let _ = reply.send(server);
+            }
         }
+    }
+
+    /// Records an operator's drain, disable or enable, republishes, and returns the server as the
+    /// new snapshot has it. Logs one line per action: the state change, or that there was none.
+    fn on_admin(
+        &self,
+        snap: &Snapshot,
+        address: &str,
+        admin: Admin,
+        now: Instant,
+    ) -> Option<Arc<Server>> {
+        let server = snap.servers.iter().find(|s| s.config.address == address)?;
+        server.state.life().admin = admin;
+        let reason = format!("admin: {}", admin.action());
+        self.publish(snap, now, &[(address.to_string(), reason)]);
+        let next = self.upstream.load();
+        let now_is = next
+            .servers
+            .iter()
+            .find(|s| Arc::ptr_eq(&s.state, &server.state))
+            .cloned()?;
+        if now_is.standing == server.standing {
+            let (upstream, state) = (&self.config.name, now_is.standing.as_str());
+            info!(%upstream, server = %address, action = admin.action(), from = state, to = state, "admin action left the state as it was");
+        }
+        Some(now_is)
     }
 
     fn on_failing(
@@ -297,7 +332,10 @@ impl Writer {
             let mut life = server.state.life();
             let next = standing(server.config.down, &life);
             let returns = next == Standing::Up
-                && matches!(server.standing, Standing::Down | Standing::Ejected);
+                && matches!(
+                    server.standing,
+                    Standing::Down | Standing::Ejected | Standing::Draining | Standing::Disabled
+                );
             if returns && !self.config.slow_start.is_zero() {
                 life.ramp_since = Some(now);
             }

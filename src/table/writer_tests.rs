@@ -10,7 +10,7 @@ use super::*;
 use crate::config::{CheckKind, ExpectStatus, HealthCheckConfig, UpstreamConfig};
 use crate::health::rise_fall::CheckReport;
 
-fn three() -> UpstreamConfig {
+pub(super) fn three() -> UpstreamConfig {
     let mut config = upstream(vec![
         server("127.0.0.1:1", 1, false, false, 0),
         server("127.0.0.1:2", 1, false, false, 0),
@@ -22,7 +22,7 @@ fn three() -> UpstreamConfig {
     config
 }
 
-fn fail(snap: &Snapshot, index: usize, times: usize) {
+pub(super) fn fail(snap: &Snapshot, index: usize, times: usize) {
     for _ in 0..times {
         snap.servers[index]
             .try_acquire()
@@ -31,12 +31,12 @@ fn fail(snap: &Snapshot, index: usize, times: usize) {
     }
 }
 
-fn standings(up: &Upstream) -> Vec<Standing> {
+pub(super) fn standings(up: &Upstream) -> Vec<Standing> {
     up.load().servers.iter().map(|s| s.standing).collect()
 }
 
 /// Which servers (by index) take the first pick of `n` requests, counted.
-fn shares(up: &Upstream, n: usize) -> Vec<usize> {
+pub(super) fn shares(up: &Upstream, n: usize) -> Vec<usize> {
     let snap = up.load();
     let mut counts = vec![0; snap.servers.len()];
     for _ in 0..n {
@@ -173,7 +173,7 @@ async fn one_server_is_never_ejected_and_zero_turns_ejection_off() {
     assert_eq!(standings(&up), [Up, Up, Up]);
 }
 
-fn checked(mut config: UpstreamConfig) -> UpstreamConfig {
+pub(super) fn checked(mut config: UpstreamConfig) -> UpstreamConfig {
     config.health_check = Some(HealthCheckConfig {
         kind: CheckKind::Tcp,
         path: "/".into(),
@@ -187,7 +187,7 @@ fn checked(mut config: UpstreamConfig) -> UpstreamConfig {
     config
 }
 
-fn report(up: &Upstream, index: usize, ok: bool) -> Event {
+pub(super) fn report(up: &Upstream, index: usize, ok: bool) -> Event {
     Event::Check {
         state: Arc::clone(&up.load().servers[index].state),
         report: CheckReport {

@@ -1,12 +1,32 @@
-//! Reading the admin endpoint: `/status` entries and `/metrics` series, and waiting for a server
-//! to reach a state.
+//! Reading the admin endpoint: `/status` entries and `/metrics` series, waiting for a server to
+//! reach a state, and the admin actions.
 
 use std::net::SocketAddr;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use serde_json::Value;
 
-use super::client::get_once;
+use super::client::{empty, get_once, request, send_once, Reply};
+
+/// `POST /upstreams/{upstream}/servers/{address}/{verb}` with `headers`, on a new connection;
+/// `address` is the path segment as sent (percent-encode it where needed).
+pub async fn action(
+    admin: SocketAddr,
+    upstream: &str,
+    address: &str,
+    verb: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let path = format!("/upstreams/{upstream}/servers/{address}/{verb}");
+    let mut req = request(Method::POST, admin, &path, empty());
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    send_once(admin, req).await
+}
 
 /// The whole `/status` document.
 pub async fn status(admin: SocketAddr) -> Value {

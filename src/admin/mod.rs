@@ -1,6 +1,16 @@
-//! The admin endpoint: `GET /healthz`, `/metrics` (Prometheus text), `/status` (JSON) and `/` (a
-//! small HTML status page). It runs on the control thread, away from the workers, and reads the same
-//! snapshots the request path reads.
+//! The admin endpoint: `GET /healthz`, `/metrics` (Prometheus text), `/status` (JSON), `/` (the
+//! status page), and `POST /upstreams/{upstream}/servers/{address}/{drain|disable|enable}`. It runs
+//! on the control thread, away from the workers, reads the same snapshots the request path reads,
+//! and changes a server only through its upstream's writer.
+//!
+//! Reading is open to whoever can connect; a POST must pass [`guard`] (the bearer token when one
+//! is configured, and no foreign `Origin`, so a web page cannot make a browser on the operator's
+//! desk drain a server).
+
+mod actions;
+mod guard;
+mod page;
+mod socket;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,65 +23,101 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
+
+pub use socket::{bind, BindError, Bound};
 
 use crate::health::slow_start;
 use crate::lifecycle::Shutdown;
 use crate::server::Server;
 use crate::table::Directory;
 
-/// What the admin endpoint reports on.
+/// What the admin endpoint reports on, and what a POST must carry.
 pub struct State {
     /// Every upstream, by name, as the running configuration has them.
     pub upstreams: Arc<Directory>,
     /// The Prometheus exporter's handle.
     pub metrics: PrometheusHandle,
+    /// `admin.token`: the bearer token every POST must present, when set.
+    pub token: Option<String>,
 }
 
-/// Serves admin requests until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
+/// Serves admin requests on `bound` until shutdown; a unix socket's file goes with it.
+pub async fn serve(bound: Bound, state: Arc<State>, shutdown: Shutdown) {
+    let listener = match bound.into_tokio() {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(error = %e, "cannot register the admin socket; no admin endpoint");
+            return;
+        }
+    };
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             () = shutdown.wait() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection ended with an error");
+        match accepted {
+            Ok(socket::Stream::Tcp(stream)) => {
+                tokio::spawn(connection(stream, state, Transport::Tcp));
             }
-        });
+            Ok(socket::Stream::Unix(stream)) => {
+                tokio::spawn(connection(stream, state, Transport::Unix));
+            }
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
-fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// How a request reached the endpoint: a browser page can only have a TCP origin of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Unix,
+}
+
+async fn connection<S>(stream: S, state: Arc<State>, transport: Transport)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(&state, req, transport).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(?transport, error = %e, "admin connection ended with an error");
+    }
+}
+
+async fn route(
+    state: &State,
+    req: Request<Incoming>,
+    transport: Transport,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/upstreams/") {
+        if let Some(target) = actions::Target::parse(rest) {
+            return actions::handle(state, &req, target, transport).await;
+        }
+    }
     let known = matches!(path, "/" | "/healthz" | "/metrics" | "/status");
     if !known {
-        return json_response(
+        return error(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint at {path}")}),
+            format!("no admin endpoint at {path}"),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = json_response(
+        let mut response = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": format!("{path} only answers GET")}),
+            format!("{path} only answers GET"),
         );
         response
             .headers_mut()
@@ -89,7 +135,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => text(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            page(&status(state)),
+            page::render(&status(state)),
         ),
     }
 }
@@ -109,9 +155,9 @@ pub fn status(state: &State) -> Value {
     json!({"version": env!("CARGO_PKG_VERSION"), "upstreams": upstreams})
 }
 
-/// One server's entry in `/status`: CONTRACT.md's fields, plus `health` (what the checks say:
-/// `up`, `down`, or `null` without checks) and `ejected` / `ejections`, so both facts that make a
-/// server eligible show.
+/// One server's entry in `/status` (and the answer to an admin action): CONTRACT.md's fields, plus
+/// `health` (what the checks say: `up`, `down`, or `null` without checks), `ejected` and
+/// `ejections` (since start), so every fact that makes a server eligible shows.
 fn server_status(s: &Server) -> Value {
     let life = s.state.life();
     let last_check = life.health.as_ref().and_then(|h| h.last()).map(|c| {
@@ -134,63 +180,13 @@ fn server_status(s: &Server) -> Value {
         "state": s.standing.as_str(),
         "health": health,
         "ejected": life.ejection.is_ejected(),
+        "ejections": life.ejection.total(),
         "consecutive_failures": s.state.consecutive_failures(),
         "in_flight": s.state.in_flight(),
         "requests": s.state.requests(),
         "failures": s.state.failures(),
         "last_check": last_check,
     })
-}
-
-fn page(status: &Value) -> String {
-    let mut html = String::from(
-        "<!doctype html><meta charset=utf-8><title>fulcrum</title>\
-         <style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style>",
-    );
-    html.push_str(&format!(
-        "<h1>fulcrum {}</h1>",
-        escape(&status["version"].to_string())
-    ));
-    for upstream in status["upstreams"].as_array().into_iter().flatten() {
-        html.push_str(&format!(
-            "<h2>{} <small>({})</small></h2><table><tr><th>server<th>weight<th>effective<th>backup<th>state<th>in flight<th>requests<th>failures<th>last check</tr>",
-            escape(upstream["name"].as_str().unwrap_or("")),
-            escape(upstream["strategy"].as_str().unwrap_or("")),
-        ));
-        for s in upstream["servers"].as_array().into_iter().flatten() {
-            let check = &s["last_check"];
-            let last_check = if check.is_null() {
-                String::from("-")
-            } else {
-                format!(
-                    "{} {} at {}",
-                    if check["ok"] == true { "ok" } else { "failed" },
-                    escape(check["detail"].as_str().unwrap_or("")),
-                    escape(check["at"].as_str().unwrap_or("")),
-                )
-            };
-            html.push_str(&format!(
-                "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
-                escape(s["address"].as_str().unwrap_or("")),
-                s["weight"],
-                s["effective_weight"],
-                s["backup"],
-                escape(s["state"].as_str().unwrap_or("")),
-                s["in_flight"],
-                s["requests"],
-                s["failures"],
-                last_check,
-            ));
-        }
-        html.push_str("</table>");
-    }
-    html
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -204,4 +200,9 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     text(status, "application/json", format!("{value}\n"))
+}
+
+/// A `{"error": ...}` answer.
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json_response(status, &json!({ "error": message }))
 }
