@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::access_log::AccessLogs;
 use crate::admin;
 use crate::config::{Config, Mode, Target};
 use crate::lifecycle::{shutdown_channel, Shutdown, Tracker};
@@ -34,6 +35,9 @@ pub enum Error {
         /// What the kernel said.
         source: std::io::Error,
     },
+    /// A listener's access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
     /// A runtime, thread or signal handler could not be set up.
     #[error("cannot start: {0}")]
     Setup(#[from] std::io::Error),
@@ -48,20 +52,26 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
         .enable_all()
         .build()?;
     // Handlers first: a SIGTERM that arrives right after the "listening" lines must drain, not kill.
-    let (mut sigterm, mut sigint, mut sighup) = {
+    let (mut sigterm, mut sigint, mut sighup, mut sigusr1) = {
         let _enter = control.enter();
         (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
             signal(SignalKind::hangup())?,
+            signal(SignalKind::user_defined1())?,
         )
     };
+    let access_logs = AccessLogs::default();
     let workers = config.runtime.worker_threads;
     let tracker = Tracker::default();
     let (upstreams, writers) = build_upstreams(&config);
     let mut per_worker: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
-        let ctx = Arc::new(ListenerCtx::new(l, &upstreams, tracker.clone()));
+        let log = match &l.access_log {
+            Some(log) => Some(access_logs.open(log, &l.name)?),
+            None => None,
+        };
+        let ctx = Arc::new(ListenerCtx::new(l, &upstreams, tracker.clone()).with_access_log(log));
         for &addr in &l.binds {
             let bind_error = |source| Error::Bind {
                 listener: l.name.clone(),
@@ -126,6 +136,8 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
                 // SIGHUP's default action would kill the daemon; an operator used to nginx sends it
                 // to reload. Until hot reload exists it changes nothing, and says so.
                 _ = sighup.recv() => warn!("SIGHUP: hot reload is not built yet; the running configuration is unchanged"),
+                // logrotate's convention: the files were renamed; open the paths anew.
+                _ = sigusr1.recv() => access_logs.reopen(),
             }
         };
         info!(
@@ -143,6 +155,7 @@ pub fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Error> {
                 "shutdown_timeout passed; cutting the connections still open"
             ),
         }
+        access_logs.flush(Duration::from_secs(1));
         Ok::<(), Error>(())
     })
 }

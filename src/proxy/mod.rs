@@ -10,6 +10,7 @@ pub mod buffer;
 mod error;
 pub mod h1;
 pub mod http;
+pub mod ids;
 pub mod io;
 pub mod tcp;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use error::ProxyError;
 
+use crate::access_log::AccessLog;
 use crate::config::{HttpLimits, ListenerConfig, RespondConfig, Target};
 use crate::lifecycle::Tracker;
 use crate::metrics::{CodeCounters, ListenerMetrics};
@@ -52,6 +54,10 @@ pub struct ListenerCtx {
     /// What one HTTP request may be and how long its head may take (`mode = "http"`); the HTTP/2
     /// server sizes its header-list limit from it.
     pub http: HttpLimits,
+    /// Where each request's line goes (`None`: the listener does not log).
+    pub access_log: Option<AccessLog>,
+    /// Start a W3C trace for requests without one (`tracing = true`).
+    pub tracing: bool,
 }
 
 impl ListenerCtx {
@@ -83,6 +89,14 @@ impl ListenerCtx {
             tracker,
             idle_timeout: config.idle_timeout,
             http: config.http,
+            access_log: None,
+            tracing: config.tracing,
         }
+    }
+
+    /// The same context, writing its requests' lines to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
     }
 }
