@@ -244,6 +244,10 @@ async fn h2_requests_get_and_keep_ids_too() {
     let traces = seen(&reply, "traceparent");
     assert_eq!(traces.len(), 1, "{traces:?}");
     assert!(is_started_trace(&traces[0]), "{traces:?}");
+    let reply = h2.send(get_h2(addr, &[("traceparent", "garbage")])).await;
+    let traces = seen(&reply, "traceparent");
+    assert_eq!(traces.len(), 1, "an invalid one is replaced: {traces:?}");
+    assert!(is_started_trace(&traces[0]), "{traces:?}");
 }
 
 #[tokio::test]
