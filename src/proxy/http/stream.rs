@@ -57,11 +57,13 @@ pub async fn handle(
     let snap = upstream.load();
     let mut entry = start_entry(ctx, client, started, Some(&snap.name), &req, &ids);
     let answer = |error: ProxyError, entry: Option<Entry>| {
+        let response = with_request_id(error.response(), request_id.clone());
         if let Some(mut entry) = entry {
             entry.status(error.status().as_u16());
-            entry.sent(error.response::<Bytes>().body().len());
+            let body = response.body().size_hint().exact().unwrap_or(0);
+            entry.sent(usize::try_from(body).unwrap_or(usize::MAX));
         }
-        with_request_id(error.response(), request_id.clone())
+        response
     };
     let unserved = |error: ProxyError, entry| {
         if let Some(counters) = snap.unserved_for(&ctx.name) {
