@@ -1,7 +1,8 @@
 //! Access logs through the real daemon: the JSON line of a proxied request, of Fulcrum's own 503
 //! and of a malformed request, every field checked; the combined format; stdout; h2 and WebSocket
 //! requests; SIGUSR1 reopening a rotated file; lines dropped (and counted) when the writer cannot
-//! keep up, with requests unaffected; and a file that cannot be opened stopping the start.
+//! keep up, with requests unaffected; a file that cannot be opened stopping the start; and
+//! `fulcrum check` locating bad values.
 
 mod support;
 
@@ -442,4 +443,64 @@ async fn an_access_log_that_cannot_be_opened_stops_the_start() {
         "{err}"
     );
     assert!(err.contains("listener `"), "{err}");
+}
+
+#[test]
+fn fulcrum_check_reports_bad_access_log_values_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (keys, line, key) in [
+        (
+            "access_log = \"stdout\"\naccess_log_format = \"xml\"",
+            6,
+            "access_log_format",
+        ),
+        ("access_log_format = \"json\"", 5, "access_log_format"),
+        ("access_log = \"logs/access.log\"", 5, "access_log"),
+    ] {
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(
+            &path,
+            format!("[listeners.web]\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"app\"\n{keys}\n\n[upstreams.app]\nservers = [{{ address = \"127.0.0.1:1\" }}]\n"),
+        )
+        .unwrap();
+        let (code, out, err) =
+            support::daemon::run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+        let text = format!("{out}{err}");
+        assert_ne!(code, Some(0), "{keys}: {text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("line {line}, column")),
+            "{keys}: {text}"
+        );
+        assert!(
+            text.contains(&format!("key `listeners.web.{key}`")),
+            "{keys}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn heads_over_the_limits_are_logged_with_their_status() {
+    let s = start(Behaviour::Identity).await;
+    let addr = s.daemon.addr("web");
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(9000));
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(40_000)
+    );
+    let mut statuses = Vec::new();
+    for request in [long_uri, big_head] {
+        let (head, body, _) = raw_exchange(addr, request.as_bytes()).await;
+        statuses.push((head[9..12].to_string(), body.len()));
+    }
+    assert_eq!(statuses[0].0, "414");
+    assert_eq!(statuses[1].0, "431");
+    let lines = json_lines(&s.log, 2).await;
+    for (line, (status, bytes)) in lines.iter().zip(&statuses) {
+        assert_eq!(line["status"].to_string(), *status, "{line}");
+        assert_eq!(line["bytes"], *bytes, "{line}");
+        assert_eq!(line["method"], "-", "{line}");
+        assert!(line["server"].is_null(), "{line}");
+    }
+    assert_eq!(s.app.requests(), 0);
 }
