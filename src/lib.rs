@@ -4,6 +4,7 @@
 //! behind `arc-swap`, each server's live counters are atomics, and each worker thread owns its
 //! sockets and its upstream connection pool. See README.md for the design and operations guide.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

@@ -96,6 +96,37 @@ pub struct ListenerConfig {
     pub idle_timeout: std::time::Duration,
     /// http: what a request may be and how long its head may take.
     pub http: HttpLimits,
+    /// http: where each request's line goes, and in which format (`None`: no access log).
+    pub access_log: Option<AccessLogConfig>,
+    /// http: start a W3C `traceparent` for a request that has none (or an invalid one).
+    pub tracing: bool,
+}
+
+/// `access_log` and `access_log_format` of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Where the lines are written.
+    pub destination: LogDestination,
+    /// How each line is written.
+    pub format: LogFormat,
+}
+
+/// Where an access log's lines go; listeners naming the same one share its writer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogDestination {
+    /// The daemon's standard output (`access_log = "stdout"`, e.g. for journald).
+    Stdout,
+    /// A file, opened for appending (created when missing) and reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// `access_log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default).
+    Json,
+    /// The NCSA combined format, as Apache and nginx write it, with the request id appended.
+    Combined,
 }
 
 /// What a listener does with a request.

@@ -129,11 +129,11 @@ servers = []
 fn reserved_keys_say_not_supported_yet() {
     let text = GOOD.replace(
         "upstream = \"app\"\n",
-        "upstream = \"app\"\naccess_log = \"stdout\"\n",
+        "upstream = \"app\"\ntrust_forwarded_from = []\n",
     );
     let (line, key, message) = error_of(&text);
     assert_eq!(line, 13);
-    assert_eq!(key, "listeners.web.access_log");
+    assert_eq!(key, "listeners.web.trust_forwarded_from");
     assert!(message.contains("not supported yet"), "{message}");
 }
 
@@ -509,5 +509,106 @@ fn bad_admin_binds_are_located() {
         let text = GOOD.replace("\"127.0.0.1:9900\"", &format!("\"{bind}\""));
         let (line, key, message) = error_of(&text);
         assert_eq!((line, key.as_str()), (7, "admin.bind"), "{bind}: {message}");
+    }
+}
+
+fn with_listener_keys(keys: &str) -> String {
+    GOOD.replace(
+        "upstream = \"app\"\n",
+        &format!("upstream = \"app\"\n{keys}\n"),
+    )
+}
+
+#[test]
+fn access_log_keys_are_parsed() {
+    let web = |keys: &str| {
+        parse(&with_listener_keys(keys))
+            .unwrap()
+            .listeners
+            .into_iter()
+            .find(|l| l.name == "web")
+            .unwrap()
+    };
+    let plain = web("");
+    assert_eq!(plain.access_log, None);
+    assert!(!plain.tracing);
+    let stdout = web("access_log = \"stdout\"\ntracing = true");
+    assert_eq!(
+        stdout.access_log,
+        Some(AccessLogConfig {
+            destination: LogDestination::Stdout,
+            format: LogFormat::Json
+        })
+    );
+    assert!(stdout.tracing);
+    let file =
+        web("access_log = \"/var/log/fulcrum/access.log\"\naccess_log_format = \"combined\"");
+    assert_eq!(
+        file.access_log,
+        Some(AccessLogConfig {
+            destination: LogDestination::File(PathBuf::from("/var/log/fulcrum/access.log")),
+            format: LogFormat::Combined
+        })
+    );
+}
+
+#[test]
+fn bad_access_log_keys_are_reported_at_their_line() {
+    for (keys, key, says) in [
+        ("access_log = \"relative.log\"", "access_log", "absolute"),
+        ("access_log = \"\"", "access_log", "absolute"),
+        (
+            "access_log = \"stdout\"\naccess_log_format = \"xml\"",
+            "access_log_format",
+            "json",
+        ),
+        (
+            "access_log_format = \"json\"",
+            "access_log_format",
+            "without `access_log`",
+        ),
+    ] {
+        let (line, got_key, message) = error_of(&with_listener_keys(keys));
+        let expected_line = 13 + keys.lines().position(|l| l.starts_with(key)).unwrap();
+        assert_eq!(line, expected_line, "{keys}: {message}");
+        assert_eq!(got_key, format!("listeners.web.{key}"), "{keys}");
+        assert!(message.contains(says), "{keys}: {message}");
+    }
+}
+
+#[test]
+fn access_log_values_of_the_wrong_type_are_located() {
+    for keys in [
+        "access_log = 3",
+        "tracing = \"yes\"",
+        "access_log = \"stdout\"\naccess_log_format = true",
+    ] {
+        let text = with_listener_keys(keys);
+        let (line, _, message) = error_of(&text);
+        let last = keys.lines().last().unwrap();
+        assert_eq!(
+            line,
+            1 + text.lines().position(|l| l == last).unwrap(),
+            "{keys}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_tcp_listener_takes_no_access_log_nor_tracing() {
+    for key in ["access_log = \"stdout\"", "tracing = true"] {
+        let text = GOOD.replace(
+            "[listeners.hello]",
+            &format!("[listeners.raw]\nbind = \"127.0.0.1:9002\"\nmode = \"tcp\"\nupstream = \"app\"\n{key}\n\n[listeners.hello]"),
+        );
+        let (line, got_key, message) = error_of(&text);
+        let name = key.split(' ').next().unwrap();
+        assert_eq!(
+            line,
+            1 + text.lines().position(|l| l == key).unwrap(),
+            "{key}"
+        );
+        assert_eq!(got_key, format!("listeners.raw.{name}"));
+        assert!(message.contains("mode = \"http\""), "{message}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +12,9 @@ use toml::Spanned;
 use super::error::Source;
 use super::raw;
 use super::{
-    AdminBind, AdminConfig, Config, Error, ListenerConfig, Mode, RespondConfig, RuntimeConfig,
-    ServerConfig, StrategyKind, Target, UpstreamConfig,
+    AccessLogConfig, AdminBind, AdminConfig, Config, Error, ListenerConfig, LogDestination,
+    LogFormat, Mode, RespondConfig, RuntimeConfig, ServerConfig, StrategyKind, Target,
+    UpstreamConfig,
 };
 
 /// Turns the file as written into a [`Config`], or the first rule it breaks.
@@ -167,14 +168,7 @@ impl Validator<'_> {
         bound: &mut HashMap<SocketAddr, String>,
     ) -> Result<ListenerConfig, Error> {
         let key = |k: &str| format!("listeners.{name}.{k}");
-        for (k, v) in [
-            ("access_log", &l.access_log),
-            ("access_log_format", &l.access_log_format),
-            ("tracing", &l.tracing),
-            ("trust_forwarded_from", &l.trust_forwarded_from),
-        ] {
-            self.reserved(&key(k), v)?;
-        }
+        self.reserved(&key("trust_forwarded_from"), &l.trust_forwarded_from)?;
         let mode = match l.mode.get_ref().as_str() {
             "http" => Mode::Http,
             "tcp" => Mode::Tcp,
@@ -187,6 +181,14 @@ impl Validator<'_> {
             }
         };
         let (idle_timeout, http) = self.limits(name, mode, &mut l)?;
+        let access_log = self.access_log(&key, mode, l.access_log, l.access_log_format)?;
+        let tracing = match l.tracing {
+            Some(t) if mode == Mode::Tcp => {
+                return Err(self.err(t.span(), key("tracing"), "`tracing` needs mode = \"http\""))
+            }
+            Some(t) => t.into_inner(),
+            None => false,
+        };
         let bind_span = l.bind.span();
         let texts = match l.bind.into_inner() {
             raw::OneOrMany::One(s) => vec![s],
@@ -269,7 +271,66 @@ impl Validator<'_> {
             reuse_port: l.reuse_port.unwrap_or(true),
             idle_timeout,
             http,
+            access_log,
+            tracing,
         })
+    }
+
+    /// `access_log` ("stdout" or an absolute path) and `access_log_format` ("json", the default,
+    /// or "combined"); a format without a log is a mistake, reported at the format's line.
+    fn access_log(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        mode: Mode,
+        log: Option<Spanned<String>>,
+        format: Option<Spanned<String>>,
+    ) -> Result<Option<AccessLogConfig>, Error> {
+        let Some(log) = log else {
+            return match format {
+                Some(f) => Err(self.err(
+                    f.span(),
+                    key("access_log_format"),
+                    "`access_log_format` without `access_log`; set access_log = \"stdout\" or a path",
+                )),
+                None => Ok(None),
+            };
+        };
+        if mode == Mode::Tcp {
+            return Err(self.err(
+                log.span(),
+                key("access_log"),
+                "`access_log` needs mode = \"http\" (a tcp listener has no requests to log)",
+            ));
+        }
+        let destination = match log.get_ref().as_str() {
+            "stdout" => LogDestination::Stdout,
+            path if Path::new(path).is_absolute() => LogDestination::File(PathBuf::from(path)),
+            other => {
+                return Err(self.err(
+                    log.span(),
+                    key("access_log"),
+                    format!("`{other}` is neither \"stdout\" nor an absolute file path"),
+                ))
+            }
+        };
+        let format = match format {
+            None => LogFormat::Json,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => LogFormat::Json,
+                "combined" => LogFormat::Combined,
+                other => {
+                    return Err(self.err(
+                        f.span(),
+                        key("access_log_format"),
+                        format!("unknown format `{other}`; expected \"json\" or \"combined\""),
+                    ))
+                }
+            },
+        };
+        Ok(Some(AccessLogConfig {
+            destination,
+            format,
+        }))
     }
 
     fn respond(&self, key: &str, r: Spanned<raw::Respond>) -> Result<RespondConfig, Error> {

@@ -54,6 +54,9 @@ pub enum Error {
     /// The new configuration changes something only a restart can.
     #[error("{0} needs a restart")]
     NeedsRestart(String),
+    /// A listener's access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
     /// The admin endpoint could not listen.
     #[error("admin endpoint: {0}")]
     Admin(#[from] admin::BindError),
@@ -103,12 +106,13 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
         .enable_all()
         .build()?;
     // Handlers first: a SIGTERM that arrives right after the "listening" lines must drain, not kill.
-    let (mut sigterm, mut sigint, mut sighup) = {
+    let (mut sigterm, mut sigint, mut sighup, mut sigusr1) = {
         let _enter = control.enter();
         (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
             signal(SignalKind::hangup())?,
+            signal(SignalKind::user_defined1())?,
         )
     };
     let (trigger, shutdown) = shutdown_channel();
@@ -165,6 +169,8 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
+                // logrotate's convention: the files were renamed; open the paths anew.
+                _ = sigusr1.recv() => registry.access_logs().reopen(),
                 _ = sighup.recv() => {
                     status.sequence += 1;
                     let outcome = reload(&mut registry, &mut running).await;
@@ -203,6 +209,7 @@ pub fn run(config: Config, metrics: PrometheusHandle, options: Options) -> Resul
                 "shutdown_timeout passed; cutting the connections still open"
             ),
         }
+        registry.access_logs().flush(Duration::from_secs(1));
         drop(pid_file);
         Ok::<(), Error>(())
     })

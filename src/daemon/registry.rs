@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::workers::{Command, Workers};
 use super::Error;
+use crate::access_log::{AccessLog, AccessLogs};
 use crate::config::{Config, ListenerConfig, Target, UpstreamConfig};
 use crate::lifecycle::{Shutdown, ShutdownTrigger};
 use crate::listener::{Accept, Bound};
@@ -34,6 +35,7 @@ pub struct Registry {
     listeners: BTreeMap<String, Entry>,
     upstreams: BTreeMap<String, UpstreamEntry>,
     directory: Arc<Directory>,
+    access_logs: AccessLogs,
     limit: Arc<Semaphore>,
     max_connections: u32,
 }
@@ -85,6 +87,7 @@ impl Registry {
             listeners: BTreeMap::new(),
             upstreams: BTreeMap::new(),
             directory: Arc::new(Directory::new(Vec::new())),
+            access_logs: AccessLogs::default(),
             limit,
             max_connections,
         }
@@ -100,9 +103,26 @@ impl Registry {
         &self.workers
     }
 
+    /// The access log writers (SIGUSR1 reopens their files; the drain flushes them).
+    pub fn access_logs(&self) -> &AccessLogs {
+        &self.access_logs
+    }
+
     /// Makes `config` the running configuration, or changes nothing and says why.
     pub async fn apply(&mut self, config: &Config) -> Result<(), Error> {
         let sources = self.bind_new(config)?;
+        // Opened before anything changes: a log that cannot be opened refuses the reload. An
+        // unchanged destination gets the writer it already has.
+        let logs = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.access_log
+                    .as_ref()
+                    .map(|log| self.access_logs.open(log, &l.name))
+                    .transpose()
+            })
+            .collect::<Result<Vec<Option<AccessLog>>, _>>()?;
         let published = self.apply_upstreams(config);
         // Listeners start (and new contexts appear) once every upstream's snapshot is the new one,
         // so no request meets a snapshot without its listener's counters.
@@ -111,7 +131,7 @@ impl Registry {
                 warn!(upstream = %name, "upstream writer is gone; its configuration is unchanged");
             }
         }
-        self.apply_listeners(config, sources);
+        self.apply_listeners(config, sources, logs);
         self.apply_limit(config.runtime.max_connections);
         Ok(())
     }
@@ -213,7 +233,12 @@ impl Registry {
         published
     }
 
-    fn apply_listeners(&mut self, config: &Config, sources: Vec<Vec<Source>>) {
+    fn apply_listeners(
+        &mut self,
+        config: &Config,
+        sources: Vec<Vec<Source>>,
+        logs: Vec<Option<AccessLog>>,
+    ) {
         let upstreams = self.directory.load();
         let mut old = std::mem::take(&mut self.listeners);
         // Every running address, by the listener that had it, free to be claimed below.
@@ -225,8 +250,8 @@ impl Registry {
                     .map(|a| (name.clone(), a))
             })
             .collect();
-        for (l, sources) in config.listeners.iter().zip(sources) {
-            let ctx = ListenerCtx::new(l, &upstreams);
+        for ((l, sources), log) in config.listeners.iter().zip(sources).zip(logs) {
+            let ctx = ListenerCtx::new(l, &upstreams).with_access_log(log);
             // Same name, same mode: the connections stay and read the new context.
             let kept = old.get(&l.name).is_some_and(|e| e.config.mode == l.mode);
             let mut entry = if kept {

@@ -122,8 +122,9 @@ impl ProxyError {
     }
 
     /// The same response as HTTP/1.1 bytes; `close` adds `Connection: close` also to a 5xx
-    /// (when the client's connection ends with it anyway).
-    pub fn write_h1(self, close: bool, out: &mut Out) {
+    /// (when the client's connection ends with it anyway), `request_id` an `X-Request-Id`.
+    /// Returns the body's length (for the access log).
+    pub fn write_h1(self, close: bool, request_id: Option<&[u8]>, out: &mut Out) -> usize {
         let body = self.body();
         let status = self.status();
         out.put(b"HTTP/1.1 ");
@@ -139,8 +140,12 @@ impl ProxyError {
         if close || self.closes() {
             out.put(b"Connection: close\r\n");
         }
+        if let Some(id) = request_id {
+            super::h1::rewrite::put_request_id(out, id);
+        }
         out.put(b"\r\n");
         out.put(body.as_bytes());
+        body.len()
     }
 }
 
@@ -151,19 +156,20 @@ mod tests {
     #[test]
     fn h1_answers_are_complete_responses() {
         let mut out = Out::new();
-        ProxyError::HeadTooLarge.write_h1(false, &mut out);
+        ProxyError::HeadTooLarge.write_h1(false, None, &mut out);
         assert_eq!(
             std::str::from_utf8(out.bytes()).unwrap(),
             "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 36\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large\n"
         );
         let mut out = Out::new();
-        ProxyError::NoServer.write_h1(false, &mut out);
+        ProxyError::NoServer.write_h1(false, Some(b"rid"), &mut out);
         let text = std::str::from_utf8(out.bytes()).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{text}"
         );
         assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+        assert!(text.contains("\r\nX-Request-Id: rid\r\n\r\n"), "{text}");
         assert!(!text.contains("Connection"), "{text}");
     }
 

@@ -10,6 +10,7 @@ pub mod buffer;
 mod error;
 pub mod h1;
 pub mod http;
+pub mod ids;
 pub mod io;
 pub mod tcp;
 
@@ -20,6 +21,7 @@ use arc_swap::ArcSwap;
 
 pub use error::ProxyError;
 
+use crate::access_log::AccessLog;
 use crate::config::{HttpLimits, ListenerConfig, RespondConfig, Target};
 use crate::metrics::{listener_id, CodeCounters, ListenerId, ListenerMetrics};
 use crate::table::Upstream;
@@ -53,6 +55,10 @@ pub struct ListenerCtx {
     /// What one HTTP request may be and how long its head may take (`mode = "http"`); the HTTP/2
     /// server sizes its header-list limit from it.
     pub http: HttpLimits,
+    /// Where each request's line goes (`None`: the listener does not log).
+    pub access_log: Option<AccessLog>,
+    /// Start a W3C trace for requests without one (`tracing = true`).
+    pub tracing: bool,
 }
 
 impl ListenerCtx {
@@ -80,7 +86,15 @@ impl ListenerCtx {
             route,
             idle_timeout: config.idle_timeout,
             http: config.http,
+            access_log: None,
+            tracing: config.tracing,
         }
+    }
+
+    /// The same context, writing its requests' lines to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -57,8 +58,9 @@ impl InFlight {
 
     /// Records the time from `started` (handing the request to the server, or starting the
     /// connect in tcp mode) until now (its response head, or the connection): the histogram, and
-    /// the response-time average when the upstream's strategy reads it. Reads the clock once.
-    pub fn record_response_time(&self, started: Instant) {
+    /// the response-time average when the upstream's strategy reads it. Reads the clock once, and
+    /// returns the time (for the access log).
+    pub fn record_response_time(&self, started: Instant) -> Duration {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let state = &self.server.state;
@@ -66,6 +68,7 @@ impl InFlight {
         if let Some(decay) = &self.server.recording.latency_decay {
             state.latency.observe(elapsed, decay.millis(now), decay);
         }
+        elapsed
     }
 
     /// Records a successful attempt: the failure count starts again.

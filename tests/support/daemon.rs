@@ -418,6 +418,7 @@ impl Daemon {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
             "HUP" => libc::SIGHUP,
+            "USR1" => libc::SIGUSR1,
             "KILL" => libc::SIGKILL,
             other => panic!("unknown signal {other}"),
         };

@@ -67,6 +67,10 @@ pub enum Kind {
     ForwardedProto,
     /// Another X-Forwarded-* header: end to end, but `Connection` cannot remove it.
     ForwardedOther,
+    /// `X-Request-Id` (kept or replaced: exactly one goes on, `proxy::ids`).
+    RequestId,
+    /// `traceparent` (W3C Trace Context: passed on, or replaced by a started trace).
+    TraceParent,
     /// The rest of the hop-by-hop set: RFC 9110 §7.6.1 (`Keep-Alive`, `Proxy-Connection`, `TE`)
     /// and the RFC 2616 ones Go's ReverseProxy also drops (`Trailer`, `Proxy-Authenticate`,
     /// `Proxy-Authorization`).
@@ -84,6 +88,8 @@ impl Kind {
             7 if is("trailer") => Kind::HopByHop,
             10 if is("connection") => Kind::Connection,
             10 if is("keep-alive") => Kind::HopByHop,
+            11 if is("traceparent") => Kind::TraceParent,
+            12 if is("x-request-id") => Kind::RequestId,
             14 if is("content-length") => Kind::ContentLength,
             15 if is("x-forwarded-for") => Kind::ForwardedFor,
             16 if is("proxy-connection") => Kind::HopByHop,

@@ -6,11 +6,14 @@
 //! it frames each leg on its own. A request also gets `X-Forwarded-For` (the client's earlier
 //! values joined on one line, then the client's IP) and `X-Forwarded-Proto`, and an absolute-form
 //! target becomes an origin-form one with its authority as the one `Host` (RFC 9112 §3.2.2).
+//! Both carry the request's one `X-Request-Id` (the server's own lines are replaced on the way
+//! back), and a request the `traceparent` Fulcrum started for it (`proxy::ids`).
 
 use super::fields::{Field, Fields, Kind};
 use super::request::{Framing, RequestHead, Target};
 use super::response::ResponseHead;
 use crate::proxy::buffer::{Block, BLOCK_SIZE};
+use crate::proxy::ids::Ids;
 
 /// A head being written: bytes in a pooled block that grows when a head outgrows it.
 pub struct Out {
@@ -77,9 +80,9 @@ fn put_field(out: &mut Out, buf: &[u8], field: &Field) {
 }
 
 /// Writes the request head for the server: HTTP/1.1, origin-form, `client_ip` appended to
-/// `X-Forwarded-For`, `X-Forwarded-Proto: http`, the framing of `head`, and `Connection: upgrade`
-/// with `Upgrade: websocket` for a WebSocket upgrade.
-pub fn request(head: &RequestHead, buf: &[u8], client_ip: &str, out: &mut Out) {
+/// `X-Forwarded-For`, `X-Forwarded-Proto: http`, the request's ids, the framing of `head`, and
+/// `Connection: upgrade` with `Upgrade: websocket` for a WebSocket upgrade.
+pub fn request(head: &RequestHead, buf: &[u8], client_ip: &str, ids: &Ids, out: &mut Out) {
     out.put(head.method.as_str().as_bytes());
     out.put(b" ");
     match head.form {
@@ -111,7 +114,8 @@ pub fn request(head: &RequestHead, buf: &[u8], client_ip: &str, out: &mut Out) {
             Kind::Host if absolute.is_some() => {}
             // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
             Kind::Other if http10 && field.name.get(buf).eq_ignore_ascii_case(b"expect") => {}
-            Kind::ForwardedProto | Kind::ForwardedFor => {}
+            Kind::ForwardedProto | Kind::ForwardedFor | Kind::RequestId => {}
+            Kind::TraceParent if ids.trace.started().is_some() => {}
             _ if passes(field, &head.fields, buf) => put_field(out, buf, field),
             _ => {}
         }
@@ -127,6 +131,12 @@ pub fn request(head: &RequestHead, buf: &[u8], client_ip: &str, out: &mut Out) {
     out.put(client_ip.as_bytes());
     out.put(b"\r\n");
     out.put(b"X-Forwarded-Proto: http\r\n");
+    put_request_id(out, ids.request_id.as_bytes());
+    if let Some(traceparent) = ids.trace.started() {
+        out.put(b"traceparent: ");
+        out.put(traceparent);
+        out.put(b"\r\n");
+    }
     if head.framing == Framing::Chunked {
         out.put(b"Transfer-Encoding: chunked\r\n");
     }
@@ -149,18 +159,36 @@ pub struct ClientLeg {
     pub websocket: bool,
 }
 
-/// Writes the response head for the client: the server's status and end-to-end fields, then the
-/// client leg's framing and connection headers.
-pub fn response(head: &ResponseHead, buf: &[u8], leg: ClientLeg, out: &mut Out) {
+/// Writes `X-Request-Id: id`.
+pub fn put_request_id(out: &mut Out, id: &[u8]) {
+    out.put(b"X-Request-Id: ");
+    out.put(id);
+    out.put(b"\r\n");
+}
+
+/// Writes the response head for the client: the server's status and end-to-end fields (its
+/// `X-Request-Id` replaced by `request_id`, when given), then the client leg's framing and
+/// connection headers.
+pub fn response(
+    head: &ResponseHead,
+    buf: &[u8],
+    leg: ClientLeg,
+    request_id: Option<&[u8]>,
+    out: &mut Out,
+) {
     out.put(b"HTTP/1.1 ");
     out.put(status_digits(head.status).as_slice());
     out.put(b" ");
     out.put(head.reason.get(buf));
     out.put(b"\r\n");
     for field in head.fields.iter() {
-        if passes(field, &head.fields, buf) {
+        let replaced = request_id.is_some() && field.kind == Kind::RequestId;
+        if !replaced && passes(field, &head.fields, buf) {
             put_field(out, buf, field);
         }
+    }
+    if let Some(id) = request_id {
+        put_request_id(out, id);
     }
     if leg.chunked {
         out.put(b"Transfer-Encoding: chunked\r\n");

@@ -109,7 +109,7 @@ pub async fn exchange(
                     Ok(Some(head)) if head.status < 200 && head.status != 101 => {
                         if interim.is_some() {
                             let mut out = Out::new();
-                            rewrite::response(&head, &block, INTERIM, &mut out);
+                            rewrite::response(&head, &block, INTERIM, None, &mut out);
                             to_client = Some((out, 0));
                         }
                         block.copy_within(head.len..filled, 0);

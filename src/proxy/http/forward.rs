@@ -64,6 +64,9 @@ pub struct Served {
     pub idle_timeout: std::time::Duration,
     /// Idle connections kept per server per worker (0: do not pool this one).
     pub max_idle: usize,
+    /// From handing the request to the server to its response head (the access log's
+    /// `upstream_time`).
+    pub upstream_time: std::time::Duration,
 }
 
 /// Whether `method` may be sent twice (RFC 9110 §9.2.2).
@@ -243,7 +246,7 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
             };
         }
     };
-    slot.record_response_time(started);
+    let upstream_time = slot.record_response_time(started);
     let status = reply.head.status;
     if status == 101 && !req.websocket {
         static SITE: LogLimit = LogLimit::new();
@@ -273,6 +276,7 @@ async fn attempt(snap: &Snapshot, slot: InFlight, req: &mut Outgoing<'_, '_>) ->
         } else {
             settings.pool_max_idle_per_server
         },
+        upstream_time,
     };
     if retry_5xx {
         Attempt::Sent(Outcome::Served(served))

@@ -9,11 +9,13 @@
 //! 502/503/504 or a response timeout (`forward.rs` has the rules). Every attempt records its outcome
 //! on the server, which feeds passive ejection.
 //!
-//! The modules, from the client inwards: `server` (HTTP/1 client connections) and `h2` with
-//! `stream` (h2 connections and their requests), `forward` (the attempt loop), `exchange` (one
-//! request and response head on one server connection, then the response body), `upload` (the
-//! request body and its replay copy), `pool` (server connections); `proxy::io` (socket readiness).
+//! The modules, from the client inwards: `server` (HTTP/1 client connections, with `answer` for
+//! Fulcrum's own answers on them) and `h2` with `stream` (h2 connections and their requests),
+//! `forward` (the attempt loop), `exchange` (one request and response head on one server
+//! connection, then the response body), `upload` (the request body and its replay copy), `pool`
+//! (server connections); `proxy::io` (socket readiness).
 
+mod answer;
 mod exchange;
 mod forward;
 mod h2;

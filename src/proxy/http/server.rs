@@ -7,6 +7,10 @@
 //! Requests are answered one at a time, in order (pipelined ones wait in the block). A head
 //! that breaks a rule is answered 4xx with `Connection: close`, and nothing of it reaches a
 //! server. A connection that starts with the HTTP/2 preface is handed over to hyper's h2.
+//!
+//! Every answer carries the request's `X-Request-Id` (`proxy::ids`) once its head has parsed, and,
+//! on a listener with an access log, every request that got an answer (or whose client went away
+//! first) leaves an [`Entry`], which sends its line when dropped.
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -20,18 +24,21 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::answer::{answer_and_close, answer_open, refuse, respond, start_entry};
 use super::exchange::Downstream;
 use super::forward::is_idempotent;
 use super::forward::{self, client_fault_answer, Outcome, Outgoing, Served};
 use super::pool;
 use super::upload::{ClientBody, Inbox, Source, Upload};
+use crate::access_log::Entry;
 use crate::balance::{PickContext, RequestView};
-use crate::config::{HttpLimits, RespondConfig};
+use crate::config::HttpLimits;
 use crate::lifecycle::Shutdown;
 use crate::proxy::buffer::Block;
 use crate::proxy::h1::request::{self, Framing, RequestHead};
 use crate::proxy::h1::response::BodyFraming;
 use crate::proxy::h1::rewrite::{self, ClientLeg, Out};
+use crate::proxy::ids::Ids;
 use crate::proxy::io::{write_all, write_all_pair};
 use crate::proxy::{Listener, ListenerCtx, ProxyError, Route};
 use crate::table::Snapshot;
@@ -40,7 +47,7 @@ use crate::table::Snapshot;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the connection does after an exchange.
-enum Next {
+pub(super) enum Next {
     /// Read the next request.
     KeepAlive,
     /// Close the connection.
@@ -107,7 +114,7 @@ pub fn serve(
                 Ok(Some(end)) => end,
                 Ok(None) => return,
                 Err(error) => {
-                    refuse(&ctx, &stream, error).await;
+                    Box::pin(refuse(&ctx, &stream, client, started, error)).await;
                     return;
                 }
             };
@@ -120,7 +127,7 @@ pub fn serve(
                 Ok(head) => head,
                 Err(reject) => {
                     debug!(listener = %ctx.name, %client, error = %reject, "request refused");
-                    refuse(&ctx, &stream, reject.into()).await;
+                    Box::pin(refuse(&ctx, &stream, client, started, reject.into())).await;
                     return;
                 }
             };
@@ -129,7 +136,19 @@ pub fn serve(
                     counters.inc(response.status.as_u16());
                     let close = head.close || head.framing != Framing::Empty || shutdown.is_fired();
                     let mut out = Out::new();
-                    respond(response, close, &mut out);
+                    {
+                        // The line is sent before the write: no entry is kept across it, in the
+                        // task an idle connection holds.
+                        let buf = &inbox.unread()[..head.len];
+                        let ids = Ids::of_h1(&head, buf, ctx.tracing);
+                        respond(response, close, ids.request_id.as_bytes(), &mut out);
+                        if let Some(mut entry) =
+                            start_entry(&ctx, client, started, None, &head, buf, &ids)
+                        {
+                            entry.status(response.status.as_u16());
+                            entry.sent(response.body.len());
+                        }
+                    }
                     inbox.consume(head.len);
                     if write_all(&stream, out.bytes()).await.is_err() || close {
                         Next::Close
@@ -287,78 +306,6 @@ async fn read_head(
     }
 }
 
-/// Answers `error` and closes (counted like any answer, on the listener's unserved series).
-async fn refuse(ctx: &ListenerCtx, stream: &TcpStream, error: ProxyError) {
-    let snap;
-    let counters = match &ctx.route {
-        Route::Respond { counters, .. } => Some(&**counters),
-        Route::Upstream(upstream) => {
-            snap = upstream.load();
-            snap.unserved_for(ctx.id)
-        }
-    };
-    if let Some(counters) = counters {
-        counters.inc(error.status().as_u16());
-    }
-    answer_and_close(stream, error).await;
-}
-
-/// Writes Fulcrum's answer to `error` with `Connection: close`, then closes the way nginx's
-/// lingering close does: the write side first, then what the client still sends is read and
-/// dropped for a moment, so that closing with unread bytes does not reset the connection and
-/// destroy the answer before the client has read it.
-async fn answer_and_close(stream: &TcpStream, error: ProxyError) {
-    let mut out = Out::new();
-    error.write_h1(true, &mut out);
-    if write_all(stream, out.bytes()).await.is_err() {
-        return;
-    }
-    drop(out);
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-    let mut sink = Block::take();
-    let deadline = Instant::now() + LINGER;
-    let mut dropped = 0;
-    while dropped < LINGER_BYTES {
-        match tokio::time::timeout_at(
-            deadline,
-            std::future::poll_fn(|cx| crate::proxy::io::poll_read(stream, cx, &mut sink)),
-        )
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => dropped += n,
-            _ => return,
-        }
-    }
-}
-
-/// How long a refused client's remaining bytes are read and dropped before the close.
-const LINGER: Duration = Duration::from_secs(1);
-/// The most bytes read and dropped then.
-const LINGER_BYTES: usize = 1 << 20;
-
-/// Writes a `respond` listener's fixed response.
-fn respond(config: &RespondConfig, close: bool, out: &mut Out) {
-    out.put(b"HTTP/1.1 ");
-    out.put(config.status.as_str().as_bytes());
-    out.put(b" ");
-    out.put(config.status.canonical_reason().unwrap_or("").as_bytes());
-    out.put(b"\r\n");
-    for (name, value) in &config.headers {
-        out.put(name.as_str().as_bytes());
-        out.put(b": ");
-        out.put(value.as_bytes());
-        out.put(b"\r\n");
-    }
-    out.put(b"Content-Length: ");
-    out.put(config.body.len().to_string().as_bytes());
-    out.put(b"\r\n");
-    if close {
-        out.put(b"Connection: close\r\n");
-    }
-    out.put(b"\r\n");
-    out.put(&config.body);
-}
-
 /// A parsed HTTP/1 head as strategies read it (hash keys).
 struct H1View<'b> {
     head: &'b RequestHead,
@@ -401,19 +348,43 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     async fn run(&self, inbox: &mut Inbox, block_start: usize, head: RequestHead) -> Next {
         let ctx = self.ctx;
+        let (ids, mut entry) = {
+            let block = inbox.block.as_ref().expect("the inbox holds the head");
+            let buf = &block[block_start..block_start + head.len];
+            let ids = Ids::of_h1(&head, buf, ctx.tracing);
+            let entry = start_entry(
+                ctx,
+                self.client,
+                self.started,
+                Some(&self.snap.name),
+                &head,
+                buf,
+                &ids,
+            );
+            (ids, entry)
+        };
+        let request_id = ids.request_id.as_bytes();
         if head.method == Method::CONNECT {
             return self
-                .own_answer(inbox, &head, ProxyError::MethodNotAllowed)
+                .own_answer(
+                    inbox,
+                    &head,
+                    ProxyError::MethodNotAllowed,
+                    request_id,
+                    entry,
+                )
                 .await;
         }
         if !self.snap.has_eligible() {
-            return self.own_answer(inbox, &head, ProxyError::NoServer).await;
+            return self
+                .own_answer(inbox, &head, ProxyError::NoServer, request_id, entry)
+                .await;
         }
         let mut out = Out::new();
         let attempts = {
             let block = inbox.block.as_ref().expect("the inbox holds the head");
             let buf = &block[block_start..block_start + head.len];
-            rewrite::request(&head, buf, self.client_ip, &mut out);
+            rewrite::request(&head, buf, self.client_ip, &ids, &mut out);
             let view = H1View { head: &head, buf };
             self.snap.attempts(&PickContext {
                 client: self.client,
@@ -450,29 +421,42 @@ impl Exchange<'_> {
         match outcome {
             Outcome::Failed(error) => {
                 if must_close || error.closes() {
-                    answer_and_close(self.stream, error).await;
+                    answer_and_close(self.stream, error, Some(request_id), entry).await;
                     return Next::Close;
                 }
-                let mut answer = Out::new();
-                error.write_h1(false, &mut answer);
-                match write_all(self.stream, answer.bytes()).await {
-                    Ok(()) => Next::KeepAlive,
-                    Err(_) => Next::Close,
-                }
+                answer_open(self.stream, error, request_id, entry).await
             }
             Outcome::Client(fault) => {
                 if let Some(error) = client_fault_answer(fault) {
-                    answer_and_close(self.stream, error).await;
+                    answer_and_close(self.stream, error, Some(request_id), entry).await;
                 }
                 Next::Close
             }
-            Outcome::Served(served) => self.relay(served, http10, must_close, head.websocket).await,
+            Outcome::Served(served) => {
+                if let Some(entry) = &mut entry {
+                    entry.served(&served.slot.server().config.address, served.upstream_time);
+                }
+                let how = Relay {
+                    http10,
+                    must_close,
+                    websocket: head.websocket,
+                    request_id,
+                };
+                self.relay(served, how, entry).await
+            }
         }
     }
 
     /// Answers a request that goes to no server: counted on the listener's unserved series; the
     /// connection stays open for a 5xx when the request had no body.
-    async fn own_answer(&self, inbox: &mut Inbox, head: &RequestHead, error: ProxyError) -> Next {
+    async fn own_answer(
+        &self,
+        inbox: &mut Inbox,
+        head: &RequestHead,
+        error: ProxyError,
+        request_id: &[u8],
+        entry: Option<Entry>,
+    ) -> Next {
         if let Some(counters) = self.snap.unserved_for(self.ctx.id) {
             counters.inc(error.status().as_u16());
         }
@@ -482,25 +466,27 @@ impl Exchange<'_> {
             || error.closes()
             || self.shutdown.is_fired();
         if close {
-            answer_and_close(self.stream, error).await;
+            answer_and_close(self.stream, error, Some(request_id), entry).await;
             return Next::Close;
         }
-        let mut out = Out::new();
-        error.write_h1(false, &mut out);
-        match write_all(self.stream, out.bytes()).await {
-            Ok(()) => Next::KeepAlive,
-            Err(_) => Next::Close,
-        }
+        answer_open(self.stream, error, request_id, entry).await
     }
 
     /// Passes the server's response on to the client.
-    async fn relay(&self, served: Served, http10: bool, must_close: bool, websocket: bool) -> Next {
+    async fn relay(&self, served: Served, how: Relay<'_>, mut entry: Option<Entry>) -> Next {
+        let Relay {
+            http10,
+            must_close,
+            websocket,
+            request_id,
+        } = how;
         let Served {
             reply,
             conn,
             slot,
             idle_timeout,
             max_idle,
+            upstream_time: _,
         } = served;
         let upgraded = websocket && reply.head.status == 101;
         let framing = reply.head.framing;
@@ -513,7 +499,10 @@ impl Exchange<'_> {
             websocket: upgraded,
         };
         let mut out = Out::new();
-        rewrite::response(&reply.head, &reply.block, leg, &mut out);
+        rewrite::response(&reply.head, &reply.block, leg, Some(request_id), &mut out);
+        if let Some(entry) = &mut entry {
+            entry.status(reply.head.status);
+        }
         if upgraded {
             // What the server sent after its 101 already belongs to the tunnel.
             out.put(&reply.block[reply.head.len..reply.filled]);
@@ -564,13 +553,17 @@ impl Exchange<'_> {
                     }
                 }
             }
+            let body = down.slice(range);
             let written = match head.take() {
-                Some(out) => write_all_pair(self.stream, out.bytes(), down.slice(range)).await,
-                None => write_all(self.stream, down.slice(range)).await,
+                Some(out) => write_all_pair(self.stream, out.bytes(), body).await,
+                None => write_all(self.stream, body).await,
             };
             if written.is_err() {
                 // The client went away: a half-read server connection is closed.
                 return Next::Close;
+            }
+            if let Some(entry) = &mut entry {
+                entry.sent(body.len());
             }
             let Some((conn, _)) = upstream.as_ref() else {
                 break;
@@ -583,6 +576,18 @@ impl Exchange<'_> {
             Next::KeepAlive
         }
     }
+}
+
+/// How a server's response goes to the client.
+struct Relay<'r> {
+    /// The client speaks HTTP/1.0.
+    http10: bool,
+    /// The client connection closes after this response.
+    must_close: bool,
+    /// The request asked for a WebSocket upgrade.
+    websocket: bool,
+    /// The request's `X-Request-Id`, returned to the client.
+    request_id: &'r [u8],
 }
 
 /// Joins the client and the server of an accepted WebSocket upgrade until both sides close, or

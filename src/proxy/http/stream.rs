@@ -3,6 +3,10 @@
 //! `:authority`, Cookie fields joined as RFC 9113 §8.2.3 asks, the hop-by-hop set dropped), its
 //! body framed by its `Content-Length` or chunked, and the server's response handed back to hyper
 //! as an `http::Response` whose body reads the server connection frame by frame.
+//!
+//! Every response carries the request's `X-Request-Id` (`proxy::ids`); on a listener with an
+//! access log, a relayed body holds the request's [`Entry`] until it ends, so the line counts the
+//! bytes sent and is written when the stream is done (or reset).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,10 +23,12 @@ use super::exchange::{BodyError, Downstream};
 use super::forward::{self, client_fault_answer, is_idempotent, Outcome, Outgoing, Served};
 use super::pool::{self, Conn};
 use super::upload::{Source, StreamBody, Upload};
+use crate::access_log::{self, Entry, Protocol};
 use crate::balance::PickContext;
 use crate::config::RespondConfig;
 use crate::proxy::h1::fields::Kind;
 use crate::proxy::h1::rewrite::Out;
+use crate::proxy::ids::{Ids, TRACEPARENT, X_REQUEST_ID};
 use crate::proxy::{ListenerCtx, ProxyError, Route};
 use crate::server::{Failure, InFlight};
 
@@ -32,25 +38,44 @@ pub async fn handle(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let started = tokio::time::Instant::now();
+    let ids = Ids::of_h2(req.headers(), ctx.tracing);
+    let request_id =
+        HeaderValue::from_bytes(ids.request_id.as_bytes()).expect("a request id is visible ASCII");
     let upstream = match &ctx.route {
         Route::Respond { response, counters } => {
             counters.inc(response.status.as_u16());
-            return respond(response);
+            let mut entry = start_entry(ctx, client, started, None, &req, &ids);
+            if let Some(entry) = &mut entry {
+                entry.status(response.status.as_u16());
+                entry.sent(response.body.len());
+            }
+            return with_request_id(respond(response), request_id);
         }
         Route::Upstream(upstream) => upstream,
     };
     let snap = upstream.load();
-    let unserved = |error: ProxyError| {
+    let mut entry = start_entry(ctx, client, started, Some(&snap.name), &req, &ids);
+    let answer = |error: ProxyError, entry: Option<Entry>| {
+        let response = with_request_id(error.response(), request_id.clone());
+        if let Some(mut entry) = entry {
+            entry.status(error.status().as_u16());
+            let body = response.body().size_hint().exact().unwrap_or(0);
+            entry.sent(usize::try_from(body).unwrap_or(usize::MAX));
+        }
+        response
+    };
+    let unserved = |error: ProxyError, entry| {
         if let Some(counters) = snap.unserved_for(ctx.id) {
             counters.inc(error.status().as_u16());
         }
-        error.response()
+        answer(error, entry)
     };
     if req.method() == Method::CONNECT {
-        return unserved(ProxyError::MethodNotAllowed);
+        return unserved(ProxyError::MethodNotAllowed, entry);
     }
     if !snap.has_eligible() {
-        return unserved(ProxyError::NoServer);
+        return unserved(ProxyError::NoServer, entry);
     }
     let (parts, body) = req.into_parts();
     let attempts = snap.attempts(&PickContext {
@@ -69,6 +94,7 @@ pub async fn handle(
         &parts,
         &client.ip().to_canonical().to_string(),
         chunked,
+        &ids,
         &mut out,
     );
     let replayable = is_idempotent(&parts.method);
@@ -81,12 +107,56 @@ pub async fn handle(
         interim: None,
     };
     match forward::forward(ctx, &snap, attempts, &mut outgoing).await {
-        Outcome::Served(served) => relayed(served),
-        Outcome::Failed(error) => error.response(),
-        Outcome::Client(fault) => client_fault_answer(fault)
-            .unwrap_or(ProxyError::BadRequest("request body failed"))
-            .response(),
+        Outcome::Served(served) => {
+            if let Some(entry) = &mut entry {
+                entry.served(&served.slot.server().config.address, served.upstream_time);
+            }
+            with_request_id(relayed(served, entry), request_id)
+        }
+        Outcome::Failed(error) => answer(error, entry),
+        Outcome::Client(fault) => answer(
+            client_fault_answer(fault).unwrap_or(ProxyError::BadRequest("request body failed")),
+            entry,
+        ),
     }
+}
+
+/// The log entry of an h2 request, when the listener logs.
+fn start_entry(
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+    started: tokio::time::Instant,
+    upstream: Option<&str>,
+    req: &Request<Incoming>,
+    ids: &Ids,
+) -> Option<Entry> {
+    let log = ctx.access_log.as_ref()?;
+    let header = |name| req.headers().get(name).map(HeaderValue::as_bytes);
+    Some(
+        log.entry(&access_log::Request {
+            client,
+            protocol: Protocol::Http2,
+            started,
+            method: Some(req.method().as_str().as_bytes()),
+            path: Some(
+                req.uri()
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .as_bytes(),
+            ),
+            upstream,
+            request_id: Some(ids.request_id.as_bytes()),
+            trace_id: ids.trace.trace_id(),
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+        }),
+    )
+}
+
+/// `response` with the request's one `X-Request-Id` (a server's own is replaced).
+fn with_request_id(mut response: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {
+    response.headers_mut().insert(X_REQUEST_ID, id);
+    response
 }
 
 fn respond(config: &RespondConfig) -> Response<ProxyBody> {
@@ -111,7 +181,8 @@ fn dropped(name: &HeaderName) -> bool {
 }
 
 /// Writes the HTTP/1.1 head for an h2 request.
-fn write_head(parts: &Parts, client_ip: &str, chunked: bool, out: &mut Out) {
+fn write_head(parts: &Parts, client_ip: &str, chunked: bool, ids: &Ids, out: &mut Out) {
+    let started = ids.trace.started();
     out.put(parts.method.as_str().as_bytes());
     out.put(b" ");
     out.put(
@@ -131,7 +202,8 @@ fn write_head(parts: &Parts, client_ip: &str, chunked: bool, out: &mut Out) {
     out.put(host);
     out.put(b"\r\n");
     for (name, value) in &parts.headers {
-        if !dropped(name) {
+        let replaced = name == X_REQUEST_ID || (started.is_some() && name == TRACEPARENT);
+        if !dropped(name) && !replaced {
             out.put(name.as_str().as_bytes());
             out.put(b": ");
             out.put(value.as_bytes());
@@ -154,22 +226,33 @@ fn write_head(parts: &Parts, client_ip: &str, chunked: bool, out: &mut Out) {
         out.put(b", ");
     }
     out.put(client_ip.as_bytes());
-    out.put(b"\r\nx-forwarded-proto: http\r\n");
+    out.put(b"\r\nx-forwarded-proto: http\r\nx-request-id: ");
+    out.put(ids.request_id.as_bytes());
+    out.put(b"\r\n");
+    if let Some(traceparent) = started {
+        out.put(b"traceparent: ");
+        out.put(traceparent);
+        out.put(b"\r\n");
+    }
     if chunked {
         out.put(b"transfer-encoding: chunked\r\n");
     }
     out.put(b"\r\n");
 }
 
-/// The server's response as hyper sends it on the stream.
-fn relayed(served: Served) -> Response<ProxyBody> {
+/// The server's response as hyper sends it on the stream; `entry` is sent when its body ends.
+fn relayed(served: Served, mut entry: Option<Entry>) -> Response<ProxyBody> {
     let Served {
         reply,
         conn,
         slot,
         idle_timeout,
         max_idle,
+        upstream_time: _,
     } = served;
+    if let Some(entry) = &mut entry {
+        entry.status(reply.head.status);
+    }
     let head = &reply.head;
     let mut response = Response::new(ProxyBody::Full(None));
     *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -207,6 +290,7 @@ fn relayed(served: Served) -> Response<ProxyBody> {
         idle_timeout,
         max_idle,
         reusable,
+        entry,
     }));
     response
 }
@@ -219,6 +303,8 @@ pub struct Relay {
     idle_timeout: std::time::Duration,
     max_idle: usize,
     reusable: bool,
+    /// The request's log line, sent when the body has ended (or the stream was dropped).
+    entry: Option<Entry>,
 }
 
 impl Relay {
@@ -269,6 +355,9 @@ impl Body for ProxyBody {
         match std::task::ready!(relay.down.poll_next(cx, &conn.stream, true)) {
             Ok(Some(range)) => {
                 let data = Bytes::copy_from_slice(relay.down.slice(range));
+                if let Some(entry) = &mut relay.entry {
+                    entry.sent(data.len());
+                }
                 // Read whole: free the server's side before the client has the last bytes.
                 if relay.down.is_done() {
                     relay.release();

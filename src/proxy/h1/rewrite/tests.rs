@@ -1,12 +1,27 @@
 use super::*;
 use crate::config::HttpLimits;
 use crate::proxy::h1::{request, response};
+use crate::proxy::ids::{Ids, RequestId, Trace};
 
-fn rewritten(text: &str) -> String {
+/// The request id the rewriting tests give every request.
+const RID: &[u8] = b"rid-1";
+
+fn ids() -> Ids {
+    Ids {
+        request_id: RequestId::keep_or_make(Some(RID)),
+        trace: Trace::None,
+    }
+}
+
+fn rewritten_with(text: &str, ids: &Ids) -> String {
     let head = request::parse(text.as_bytes(), &HttpLimits::default()).unwrap();
     let mut out = Out::new();
-    request(&head, text.as_bytes(), "10.0.0.9", &mut out);
+    request(&head, text.as_bytes(), "10.0.0.9", ids, &mut out);
     String::from_utf8(out.bytes().to_vec()).unwrap()
+}
+
+fn rewritten(text: &str) -> String {
+    rewritten_with(text, &ids())
 }
 
 #[test]
@@ -14,7 +29,7 @@ fn a_request_keeps_end_to_end_fields_in_order() {
     let got = rewritten("GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-Kept: 1\r\n\r\n");
     assert_eq!(
         got,
-        "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-Kept: 1\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"
+        "GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-Kept: 1\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n"
     );
 }
 
@@ -29,7 +44,7 @@ fn hop_by_hop_and_nominated_fields_are_dropped_but_not_host_or_forwarded() {
     ));
     assert_eq!(
         got,
-        "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Host: fh\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Host: fh\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n"
     );
 }
 
@@ -90,7 +105,7 @@ fn framing_and_upgrade_are_written_by_the_proxy() {
 fn response_for(text: &str, leg: ClientLeg) -> String {
     let head = response::parse(text.as_bytes(), false).unwrap().unwrap();
     let mut out = Out::new();
-    response(&head, text.as_bytes(), leg, &mut out);
+    response(&head, text.as_bytes(), leg, None, &mut out);
     String::from_utf8(out.bytes().to_vec()).unwrap()
 }
 
@@ -174,4 +189,53 @@ fn a_status_line_without_a_reason_or_with_obs_text_is_written_without_one() {
         KEEP,
     );
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+}
+
+#[test]
+fn the_request_id_goes_on_as_exactly_one_line() {
+    let got = rewritten("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a\r\nx-request-id: b\r\n\r\n");
+    assert_eq!(
+        got.to_ascii_lowercase().matches("x-request-id").count(),
+        1,
+        "{got}"
+    );
+    assert!(got.contains("\r\nX-Request-Id: rid-1\r\n"), "{got}");
+}
+
+#[test]
+fn a_traceparent_passes_unless_fulcrum_started_one() {
+    let text = "GET / HTTP/1.1\r\nHost: h\r\ntraceparent: abc\r\ntracestate: k=v\r\n\r\n";
+    let passed = rewritten(text);
+    assert!(passed.contains("\r\ntraceparent: abc\r\n"), "{passed}");
+    assert!(passed.contains("\r\ntracestate: k=v\r\n"), "{passed}");
+    let started = Ids {
+        request_id: RequestId::keep_or_make(Some(RID)),
+        trace: Trace::of([&b"abc"[..]].into_iter(), true),
+    };
+    let header = std::str::from_utf8(started.trace.started().unwrap())
+        .unwrap()
+        .to_string();
+    let got = rewritten_with(text, &started);
+    assert_eq!(got.matches("traceparent").count(), 1, "{got}");
+    assert!(
+        got.contains(&format!("\r\ntraceparent: {header}\r\n")),
+        "{got}"
+    );
+    assert!(got.contains("\r\ntracestate: k=v\r\n"), "{got}");
+}
+
+#[test]
+fn a_response_carries_the_request_id_in_place_of_the_servers() {
+    let text = "HTTP/1.1 200 OK\r\nX-Request-Id: server\r\nContent-Length: 0\r\n\r\n";
+    let head = response::parse(text.as_bytes(), false).unwrap().unwrap();
+    let mut out = Out::new();
+    response(&head, text.as_bytes(), KEEP, Some(RID), &mut out);
+    assert_eq!(
+        std::str::from_utf8(out.bytes()).unwrap(),
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: rid-1\r\n\r\n"
+    );
+    assert!(
+        response_for(text, KEEP).contains("X-Request-Id: server"),
+        "interim heads keep it"
+    );
 }
