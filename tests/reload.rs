@@ -477,3 +477,47 @@ async fn a_drained_server_stays_drained_across_a_reload() {
     }
     assert_eq!(b.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_access_log_and_refuses_one_it_cannot_open() {
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_log = |path: &std::path::Path| {
+        config(&[&a], &[], false, "app").replace(
+            "upstream = \"app\"\n",
+            &format!("upstream = \"app\"\naccess_log = \"{}\"\n", path.display()),
+        )
+    };
+    let first = dir.path().join("first.log");
+    let second = dir.path().join("second.log");
+    let d = Daemon::builder(&with_log(&first)).start().await;
+    let mut client = H1Client::connect(d.addr("web")).await;
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    client.get("/one").await;
+    assert!(eventually(Duration::from_secs(5), || lines(&first) == 1).await);
+
+    // A log in a directory that does not exist: refused, and the old log goes on.
+    d.write_config(&with_log(&dir.path().join("missing/dir/x.log")));
+    let (code, out, err) = reload_command(&d).await;
+    // The file passes validation; the daemon refuses it, and `fulcrum reload` says so.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("cannot open access_log"),
+        "{err}"
+    );
+    assert_eq!(reloads(&d, "error").await, 1.0);
+    client.get("/two").await;
+    assert!(eventually(Duration::from_secs(5), || lines(&first) == 2).await);
+
+    reload_ok(&d, &with_log(&second)).await;
+    client.get("/three").await;
+    assert!(eventually(Duration::from_secs(5), || lines(&second) == 1).await);
+    assert_eq!(lines(&first), 2, "the old file gets nothing more");
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&second).unwrap().trim()).unwrap();
+    assert_eq!(line["path"], "/three");
+}
