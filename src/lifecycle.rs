@@ -74,6 +74,21 @@ mod tests {
         second_signal.wait().await;
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn wait_holds_until_the_stop_is_fired() {
+        let (trigger, shutdown) = shutdown_channel();
+        let (_child, child_signal) = shutdown.child();
+        let early = tokio::time::timeout(std::time::Duration::from_secs(60), shutdown.wait());
+        assert!(early.await.is_err(), "wait returned before the stop");
+        let early = tokio::time::timeout(std::time::Duration::from_secs(60), child_signal.wait());
+        assert!(
+            early.await.is_err(),
+            "a child's wait returned before any stop"
+        );
+        trigger.fire();
+        child_signal.wait().await;
+    }
+
     #[test]
     fn dropping_a_trigger_does_not_fire_it() {
         let (root, shutdown) = shutdown_channel();
