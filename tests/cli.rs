@@ -504,3 +504,28 @@ fn completions_cover_zsh_and_fish_and_refuse_an_unknown_shell() {
     assert_eq!(code, Some(2), "stdout: {out}");
     assert!(err.contains("invalid value 'tcsh'"), "stderr: {err}");
 }
+
+#[test]
+fn check_names_the_exact_line_and_column_of_a_duplicate_server_and_a_zero_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener =
+        "[listeners.web]\nbind = \"127.0.0.1:18080\"\nmode = \"http\"\nupstream = \"app\"\n";
+    for (name, upstream, wanted) in [
+        (
+            "duplicate",
+            "[upstreams.app]\nservers = [\n  { address = \"127.0.0.1:18090\" },\n  { address = \"127.0.0.1:18090\" },\n]\n",
+            "line 9, column 15, key `upstreams.app.servers[1].address`: server `127.0.0.1:18090` is listed twice",
+        ),
+        (
+            "zero_weight",
+            "[[upstreams.app.servers]]\naddress = \"127.0.0.1:18090\"\n\n[[upstreams.app.servers]]\naddress = \"127.0.0.1:18091\"\nweight = 0\n",
+            "line 11, column 10, key `upstreams.app.servers[1].weight`: weight must be 1..=1000, got 0",
+        ),
+    ] {
+        let path = write(dir.path(), &format!("{name}.toml"), &format!("{listener}\n{upstream}"));
+        let (code, out, err) = run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(1), "{name}: stdout: {out}");
+        let wanted = format!("error in {} at {wanted}\n", path.display());
+        assert_eq!(err, wanted, "{name}");
+    }
+}
