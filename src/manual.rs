@@ -2,8 +2,8 @@
 //! clap_complete) so they always describe the binary that prints them.
 //!
 //! clap_mangen writes NAME, SYNOPSIS, DESCRIPTION, OPTIONS, SUBCOMMANDS and VERSION from the doc
-//! comments; the sections a command line cannot express (the files the package installs, the
-//! environment, examples) are added here, after them, as `man-pages(7)` orders them.
+//! comments; the sections a command line cannot express (FILES the package installs, ENVIRONMENT,
+//! EXAMPLES, SEE ALSO) are appended here, in roff built by the `roff` crate, which escapes them.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
