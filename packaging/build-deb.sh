@@ -77,8 +77,23 @@ DATE_RFC2822=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
     echo " -- $MAINTAINER  $DATE_RFC2822"
 } | gzip -9n >"$DOC/changelog.gz"
 
-sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)/" \
-    packaging/fulcrum.1 | gzip -9n >"$STAGE/usr/share/man/man1/fulcrum.1.gz"
+# Man pages and shell completions, rendered by the binary from its clap definitions (src/cli.rs):
+# fulcrum.1 and one page per subcommand, dated by SOURCE_DATE_EPOCH so a rebuild is identical.
+GEN=$(mktemp -d "$OUT_DIR/.man.XXXXXX")
+trap 'rm -rf "$STAGE" "$GEN"' EXIT
+"$BIN" generate-man --date "$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)" "$GEN" >/dev/null
+for page in "$GEN"/*.1; do
+    gzip -9nc "$page" >"$STAGE/usr/share/man/man1/$(basename "$page").gz"
+done
+[ -f "$STAGE/usr/share/man/man1/fulcrum.1.gz" ] || die "generate-man wrote no fulcrum.1"
+# Where bash-completion, zsh and fish look for completions a package installs.
+install -d "$STAGE/usr/share/bash-completion/completions" "$STAGE/usr/share/zsh/vendor-completions" \
+    "$STAGE/usr/share/fish/vendor_completions.d"
+"$BIN" completions bash >"$STAGE/usr/share/bash-completion/completions/fulcrum"
+"$BIN" completions zsh >"$STAGE/usr/share/zsh/vendor-completions/_fulcrum"
+"$BIN" completions fish >"$STAGE/usr/share/fish/vendor_completions.d/fulcrum.fish"
+chmod 0644 "$STAGE/usr/share/man/man1/"*.gz "$STAGE/usr/share/bash-completion/completions/fulcrum" \
+    "$STAGE/usr/share/zsh/vendor-completions/_fulcrum" "$STAGE/usr/share/fish/vendor_completions.d/fulcrum.fish"
 
 # copyright: the package's licence, plus every crate linked into the binary (normal dependencies
 # without proc-macros, for this host's platform) with its declared licence.
@@ -147,14 +162,17 @@ Description: L4/L7 load balancer daemon
  .
  It proxies HTTP/1.1 and h2c with pooled keep-alive upstream connections,
  streaming bodies and WebSocket tunnelling, and TCP with half-close. Servers
- are picked by smooth weighted round robin, with backup and down servers,
- connect retries on other servers and per-server connection limits. SIGTERM
- drains in-flight work gracefully, and an admin endpoint serves health,
- Prometheus metrics and status.
+ are picked per upstream by weighted round robin, least connections, two
+ random choices, peak EWMA or consistent hashing, with backup and down
+ servers, retries on other servers, active health checks and passive
+ ejection. SIGTERM drains in-flight work gracefully, and an admin endpoint
+ serves health, Prometheus metrics and status.
  .
- The package ships a systemd unit that runs the daemon as a dynamic user with
- only CAP_NET_BIND_SERVICE. It is enabled on installation but not started
- until the example configuration in /etc/fulcrum/fulcrum.toml is edited.
+ The package ships a systemd unit (Type=notify, with a watchdog and reload)
+ that runs the daemon as a dynamic user with only CAP_NET_BIND_SERVICE, man
+ pages, and completions for bash, zsh and fish. The unit is enabled on
+ installation but not started until the example configuration in
+ /etc/fulcrum/fulcrum.toml is edited.
 EOF
 echo /etc/fulcrum/fulcrum.toml >"$STAGE/DEBIAN/conffiles"
 for script in postinst prerm postrm; do

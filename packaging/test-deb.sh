@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package (packaging/build-deb.sh) and checks it without installing anything:
 #   control fields, every expected path with its owner and mode, the conffile list; the extracted
-#   binary's --version and `check` of the shipped config; `systemd-analyze verify` of the shipped
+#   binary's --version and `check` of the shipped config; the man pages (one per subcommand, each
+#   rendered by man or groff) and the shell completions; `systemd-analyze verify` of the shipped
 #   unit; lintian when installed; and the maintainer scripts run against stub systemctl,
 #   deb-systemd-helper and deb-systemd-invoke in a private mount namespace where /run and /etc are
 #   throwaway (tmpfs, overlay), with and without systemd "running".
@@ -69,6 +70,9 @@ expect_path -rw-r--r-- /usr/share/doc/fulcrum/README.md.gz
 expect_path -rw-r--r-- /usr/share/doc/fulcrum/copyright
 expect_path -rw-r--r-- /usr/share/doc/fulcrum/changelog.gz
 expect_path -rw-r--r-- /usr/share/man/man1/fulcrum.1.gz
+expect_path -rw-r--r-- /usr/share/bash-completion/completions/fulcrum
+expect_path -rw-r--r-- /usr/share/zsh/vendor-completions/_fulcrum
+expect_path -rw-r--r-- /usr/share/fish/vendor_completions.d/fulcrum.fish
 check "every directory is root/root 0755" \
     test -z "$(grep '^d' <<<"$CONTENTS" | grep -v '^drwxr-xr-x root/root ' || true)"
 check "nothing but root/root owners" test -z "$(grep -v ' root/root ' <<<"$CONTENTS" || true)"
@@ -92,6 +96,58 @@ for script in postinst prerm postrm; do
     check "DEBIAN/$script parses (sh -n)" sh -n "$TMP/DEBIAN/$script"
 done
 if (cd "$X" && md5sum --quiet -c "$TMP/DEBIAN/md5sums"); then pass "md5sums match"; else fail "md5sums match"; fi
+
+# --- man pages and completions ------------------------------------------------------------------
+# Generated from the clap definitions: a page per subcommand `fulcrum --help` lists, each of which
+# must decode, carry its .TH title and render without a groff warning; completions that parse and,
+# for bash, offer every subcommand when run.
+SUBCOMMANDS=$("$X/usr/bin/fulcrum" --help | sed -n '/^Commands:$/,/^$/p' | awk 'NR > 1 && NF && $1 != "help" { print $1 }')
+echo "subcommands: "$SUBCOMMANDS
+check "fulcrum --help lists run, check and completions" \
+    test "$(grep -cxE 'run|check|completions' <<<"$SUBCOMMANDS")" = 3
+MAN=$X/usr/share/man/man1
+check "man1 holds fulcrum.1.gz and one page per subcommand, nothing else" test "$(ls "$MAN")" = \
+    "$({ echo fulcrum.1.gz; for s in $SUBCOMMANDS; do echo "fulcrum-$s.1.gz"; done; } | sort)"
+for page in "$MAN"/*.1.gz; do
+    name=$(basename "$page" .1.gz)
+    title=$(tr '[:lower:]' '[:upper:]' <<<"$name")
+    check "$name.1.gz decodes and has .TH $title 1" sh -c "gzip -dc '$page' | grep -q '^\.TH $title 1 '"
+    if command -v man >/dev/null 2>&1; then
+        warnings=$(MANWIDTH=80 man --warnings -l "$page" 2>&1 >/dev/null) || warnings="man failed: $warnings"
+        rendered=$(MANWIDTH=80 man -l "$page" 2>/dev/null) || true
+        [ -z "$warnings" ] || echo "$warnings"
+        check "man -l $name.1.gz renders without warnings" test -z "$warnings"
+        check "man -l $name.1.gz shows $title(1) and NAME" \
+            bash -c 'grep -q "^$1(1) " <<<"$2" && grep -qx NAME <<<"$2"' _ "$title" "$rendered"
+    elif command -v groff >/dev/null 2>&1; then
+        check "groff renders $name.1.gz without warnings" \
+            sh -c "gzip -dc '$page' | groff -man -Tutf8 -ww -z 2>&1 | awk 'END { exit NR > 0 }'"
+    else
+        skip "rendering $name.1.gz (neither man nor groff installed)"
+    fi
+done
+for s in $SUBCOMMANDS; do
+    check "fulcrum(1) refers to fulcrum-$s(1)" sh -c "gzip -dc '$MAN/fulcrum.1.gz' | grep -qxF 'fulcrum\\-$s(1)'"
+done
+BASH_COMP=$X/usr/share/bash-completion/completions/fulcrum
+check "bash completion parses (bash -n)" bash -n "$BASH_COMP"
+offered=$(bash --norc --noprofile -c 'source "$1"; COMP_WORDS=(fulcrum ""); COMP_CWORD=1
+    _fulcrum fulcrum "" fulcrum; printf "%s\n" "${COMPREPLY[@]}"' _ "$BASH_COMP")
+for s in $SUBCOMMANDS; do
+    check "bash completes 'fulcrum <TAB>' with $s" grep -qxF "$s" <<<"$offered"
+done
+check "zsh completion starts #compdef fulcrum" \
+    test "$(head -n 1 "$X/usr/share/zsh/vendor-completions/_fulcrum")" = "#compdef fulcrum"
+check "fish completion completes fulcrum" grep -q '^complete -c fulcrum ' \
+    "$X/usr/share/fish/vendor_completions.d/fulcrum.fish"
+for shell in zsh fish; do
+    comp=$(ls "$X/usr/share/$shell/"*/*fulcrum*)
+    if command -v "$shell" >/dev/null 2>&1; then
+        check "$shell completion parses ($shell -n)" "$shell" -n "$comp"
+    else
+        skip "$shell -n (not installed)"
+    fi
+done
 
 # --- systemd unit -------------------------------------------------------------------------------
 # The unit names /usr/bin/fulcrum and /etc/fulcrum/fulcrum.toml; verify a copy pointing into the

@@ -1,64 +1,25 @@
-//! The `fulcrum` binary: command-line parsing, logging setup, and the daemon's entry points.
+//! The `fulcrum` binary: dispatch of the command line (defined in `cli`) and logging setup.
+
+mod cli;
+mod manual;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use fulcrum::config::{Config, DEFAULT_PATH};
-use fulcrum::daemon::pidfile::{self, DEFAULT_PID_FILE};
+use cli::{Command, GenerateMan, Invocation};
+use fulcrum::config::Config;
+use fulcrum::daemon::pidfile;
 use fulcrum::daemon::Options;
+use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
-/// An L4/L7 load balancer: balances traffic over a service's instances, keeps it away from failing
-/// ones, and lets them back in when they recover.
-#[derive(Parser)]
-#[command(name = "fulcrum", version, about)]
-struct Cli {
-    /// Log level or filter (`info`, `debug`, `fulcrum=debug`); overrides RUST_LOG.
-    #[arg(long, global = true)]
-    log_level: Option<String>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-    Run {
-        /// The configuration file.
-        #[arg(short, long, default_value = DEFAULT_PATH)]
-        config: PathBuf,
-        /// Where to write the pid, for `fulcrum reload`.
-        #[arg(long, default_value = DEFAULT_PID_FILE)]
-        pid_file: PathBuf,
-    },
-    /// Validate the configuration, then have the running daemon reload it; exits 1 when either
-    /// refuses it.
-    Reload {
-        /// The configuration file (the one the daemon runs with).
-        #[arg(short, long, default_value = DEFAULT_PATH)]
-        config: PathBuf,
-        /// The running daemon's pid file.
-        #[arg(long, default_value = DEFAULT_PID_FILE)]
-        pid_file: PathBuf,
-        /// How long to wait for the daemon's answer.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-    },
-    /// Validate the configuration and exit: 0 when valid, 1 with the error otherwise.
-    Check {
-        /// The configuration file.
-        #[arg(short, long, default_value = DEFAULT_PATH)]
-        config: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse() {
+        Invocation::User(cli) => cli,
+        Invocation::GenerateMan(args) => return generate_man(&args),
+    };
     init_logging(cli.log_level.as_deref());
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
@@ -93,6 +54,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Completions { shell } => match manual::write_completions(shell) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fulcrum: cannot write the completions: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn generate_man(args: &GenerateMan) -> ExitCode {
+    match manual::write_man_pages(&args.dir, args.date.as_deref()) {
+        Ok(paths) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let dir = args.dir.display();
+            eprintln!("fulcrum: cannot write the man pages into {dir}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The command line: `--version`, `check` on good and bad files, and the startup log lines the
-//! harness relies on.
+//! The command line: `--version`, `check` on good and bad files, the startup log lines the
+//! harness relies on, and the man pages and shell completions generated from it.
 
 mod support;
 
@@ -354,4 +354,178 @@ fn rust_log_sets_the_level_when_no_flag_is_given() {
     assert!(info.contains("starting"), "RUST_LOG=info:\n{info}");
     assert!(!warn.contains("starting"), "RUST_LOG=warn:\n{warn}");
     assert!(warn.contains("cannot bind"), "RUST_LOG=warn:\n{warn}");
+}
+
+/// The subcommands `fulcrum --help` lists (but `help`), so that one added later is checked too.
+fn subcommands() -> Vec<String> {
+    let (code, out, err) = run_cli(&["--help"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let names: Vec<String> = out
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect();
+    for wanted in ["run", "check", "completions"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n == "generate-man"),
+        "the package build's generator is listed: {names:?}"
+    );
+    names
+}
+
+#[test]
+fn generate_man_writes_a_page_per_subcommand_that_the_main_page_names() {
+    let subs = subcommands();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("man1");
+    let (code, out, err) = run_cli(&[
+        "generate-man".as_ref(),
+        "--date".as_ref(),
+        "2026-01-02".as_ref(),
+        out_dir.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let mut expected: Vec<String> = subs.iter().map(|s| format!("fulcrum-{s}.1")).collect();
+    expected.push("fulcrum.1".to_string());
+    expected.sort();
+    let mut written: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, expected, "the files in {}", out_dir.display());
+    let mut listed: Vec<String> = out
+        .lines()
+        .map(|l| {
+            Path::new(l)
+                .strip_prefix(&out_dir)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected, "stdout lists what was written");
+
+    let version = env!("CARGO_PKG_VERSION");
+    let main = std::fs::read_to_string(out_dir.join("fulcrum.1")).unwrap();
+    let title = format!(".TH FULCRUM 1 2026-01-02 \"fulcrum {version}\" \"User Commands\"\n");
+    assert!(main.contains(&title), "no {title:?} in:\n{main}");
+    for section in ["SYNOPSIS", "OPTIONS", "SUBCOMMANDS", "FILES", "ENVIRONMENT"] {
+        assert!(
+            main.contains(&format!(".SH {section}\n")),
+            "no {section}:\n{main}"
+        );
+    }
+    assert!(main.contains("/etc/fulcrum/fulcrum.toml"), "{main}");
+    for sub in &subs {
+        // roff writes a hyphen as `\-`.
+        let reference = format!("\nfulcrum\\-{sub}(1)\n");
+        assert!(main.contains(&reference), "no {reference:?} in:\n{main}");
+        let page = std::fs::read_to_string(out_dir.join(format!("fulcrum-{sub}.1"))).unwrap();
+        let title = format!(
+            ".TH FULCRUM-{} 1 2026-01-02 \"fulcrum {version}\"",
+            sub.to_uppercase()
+        );
+        assert!(page.contains(&title), "no {title:?} in:\n{page}");
+        let synopsis = format!(".SH SYNOPSIS\n\\fBfulcrum {sub}\\fR");
+        assert!(page.contains(&synopsis), "no {synopsis:?} in:\n{page}");
+    }
+    let run = std::fs::read_to_string(out_dir.join("fulcrum-run.1")).unwrap();
+    assert!(run.contains("\\fB\\-\\-config\\fR"), "{run}");
+    assert!(
+        run.contains("[default: /etc/fulcrum/fulcrum.toml]"),
+        "{run}"
+    );
+}
+
+/// The words bash's completion of `fulcrum` offers for the command line `words` (the last one is
+/// being completed), found by running the generated script in bash.
+fn bash_offers(script: &str, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let run = format!(
+        "{script}\nCOMP_WORDS=({words}); COMP_CWORD={cword}\n_fulcrum fulcrum '{cur}' '{prev}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        words = quoted.join(" "),
+        cword = words.len() - 1,
+        cur = words[words.len() - 1],
+        prev = words[words.len() - 2],
+    );
+    let output = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &run])
+        .output()
+        .expect("run bash");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && err.is_empty(), "bash: {err}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completions_bash_is_a_bash_script_that_completes_the_subcommands() {
+    let subs = subcommands();
+    let (code, script, err) = run_cli(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(script.starts_with("_fulcrum() {\n"), "{script}");
+    assert!(script.contains("complete -F _fulcrum "), "{script}");
+
+    let offered = bash_offers(&script, &["fulcrum", ""]);
+    for sub in &subs {
+        assert!(offered.contains(sub), "{sub} not offered: {offered:?}");
+    }
+    assert!(
+        !offered.iter().any(|w| w == "generate-man"),
+        "the hidden generator is offered: {offered:?}"
+    );
+    let offered = bash_offers(&script, &["fulcrum", "run", "--c"]);
+    assert_eq!(offered, ["--config"]);
+}
+
+#[test]
+fn completions_cover_zsh_and_fish_and_refuse_an_unknown_shell() {
+    let (code, zsh, err) = run_cli(&["completions", "zsh"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(zsh.starts_with("#compdef fulcrum\n"), "{zsh}");
+    let (code, fish, err) = run_cli(&["completions", "fish"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    for sub in subcommands() {
+        let line = format!("-f -a \"{sub}\"");
+        assert!(fish.contains(&line), "no {line:?} in:\n{fish}");
+    }
+    let (code, out, err) = run_cli(&["completions", "tcsh"]);
+    assert_eq!(code, Some(2), "stdout: {out}");
+    assert!(err.contains("invalid value 'tcsh'"), "stderr: {err}");
+}
+
+#[test]
+fn check_names_the_exact_line_and_column_of_a_duplicate_server_and_a_zero_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener =
+        "[listeners.web]\nbind = \"127.0.0.1:18080\"\nmode = \"http\"\nupstream = \"app\"\n";
+    for (name, upstream, wanted) in [
+        (
+            "duplicate",
+            "[upstreams.app]\nservers = [\n  { address = \"127.0.0.1:18090\" },\n  { address = \"127.0.0.1:18090\" },\n]\n",
+            "line 9, column 15, key `upstreams.app.servers[1].address`: server `127.0.0.1:18090` is listed twice",
+        ),
+        (
+            "zero_weight",
+            "[[upstreams.app.servers]]\naddress = \"127.0.0.1:18090\"\n\n[[upstreams.app.servers]]\naddress = \"127.0.0.1:18091\"\nweight = 0\n",
+            "line 11, column 10, key `upstreams.app.servers[1].weight`: weight must be 1..=1000, got 0",
+        ),
+    ] {
+        let path = write(dir.path(), &format!("{name}.toml"), &format!("{listener}\n{upstream}"));
+        let (code, out, err) = run_cli(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(1), "{name}: stdout: {out}");
+        let wanted = format!("error in {} at {wanted}\n", path.display());
+        assert_eq!(err, wanted, "{name}");
+    }
 }

@@ -52,10 +52,25 @@ impl Source<'_> {
     /// Converts a TOML parse or type error, recovering the key from the message or the text.
     pub fn toml_error(&self, err: &toml::de::Error) -> Error {
         let at = err.span().map(|s| s.start).unwrap_or(0);
-        let message = err.message().trim().to_string();
-        let key = backticked(&message)
-            .or_else(|| self.key_before(at))
-            .unwrap_or_else(|| "?".to_string());
+        let mut message = err.message().trim().to_string();
+        let key = match field_named(&message) {
+            // A missing field is reported at its table's header, which says whose field it is.
+            Some(field) if message.starts_with("missing") => match self.header_at(at) {
+                Some(table) => format!("{table}.{field}"),
+                None => field,
+            },
+            Some(field) => field,
+            None => self
+                .key_before(at)
+                .or_else(|| self.statement_key(at))
+                .unwrap_or_else(|| "?".to_string()),
+        };
+        if message.starts_with("invalid inline table") {
+            message.push_str(
+                "\n(TOML inline tables `{ ... }` must fit on one line; \
+                 write a long server as a [[upstreams.NAME.servers]] table)",
+            );
+        }
         self.error(at, key, message)
     }
 
@@ -78,18 +93,72 @@ impl Source<'_> {
         let start = before
             .char_indices()
             .rev()
-            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .find(|&(_, c)| !is_key_char(c))
             .map_or(0, |(i, c)| i + c.len_utf8());
         let key = &before[start..];
         (!key.is_empty()).then(|| key.to_string())
     }
+
+    /// The dotted name of the table whose header starts at `at` (`[upstreams.app]`), with the index
+    /// of an array-of-tables entry (`[[upstreams.app.servers]]` the second time: `...servers[1]`).
+    fn header_at(&self, at: usize) -> Option<String> {
+        let rest = self.text.get(at..)?;
+        let line = rest.lines().next()?.trim_end();
+        let (many, name) = match line.strip_prefix("[[") {
+            Some(inner) => (true, inner.split("]]").next()?),
+            None => (false, line.strip_prefix('[')?.split(']').next()?),
+        };
+        let name: String = name.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+        if !many {
+            return Some(name);
+        }
+        let index = self.text[..at]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("[["))
+            .filter_map(|l| l.split("]]").next())
+            .filter(|n| n.split('.').map(str::trim).eq(name.split('.')))
+            .count();
+        Some(format!("{name}[{index}]"))
+    }
+
+    /// The key of the statement that `at` is inside (`servers = [` for an error on a later line
+    /// of that array), found as the nearest earlier line that starts with `key =`.
+    fn statement_key(&self, at: usize) -> Option<String> {
+        let before = self.text.get(..at)?;
+        for line in before.lines().rev() {
+            let line = line.trim_start();
+            if line.trim_start_matches('[').starts_with(is_key_char) && line.starts_with('[') {
+                return None; // a table header: the statement would have been below it
+            }
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && key.chars().all(is_key_char) {
+                    return Some(key.to_string());
+                }
+            }
+        }
+        None
+    }
 }
 
-/// The first `quoted` name in a serde message ("unknown field `wieght`, expected ...").
-fn backticked(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'
+}
+
+/// The field a serde message is about ("unknown field `wieght`, expected ...", "missing field
+/// `servers`"); other backticked words (a value: "integer `-1`", a token: "expected `}`") are not
+/// keys.
+fn field_named(message: &str) -> Option<String> {
+    let rest = [
+        "unknown field `",
+        "missing field `",
+        "duplicate field `",
+        "duplicate key `",
+    ]
+    .iter()
+    .find_map(|p| message.strip_prefix(p))?;
+    let len = rest.find('`')?;
+    Some(rest[..len].to_string())
 }
 
 #[cfg(test)]

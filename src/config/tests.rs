@@ -612,3 +612,256 @@ fn a_tcp_listener_takes_no_access_log_nor_tracing() {
         assert!(message.contains("mode = \"http\""), "{message}");
     }
 }
+
+/// An invalid file's error as (line, column, key, message).
+fn located_error(text: &str) -> (usize, usize, String, String) {
+    match parse(text) {
+        Err(Error::Invalid {
+            line,
+            column,
+            key,
+            message,
+            ..
+        }) => (line, column, key, message),
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+/// The 1-based line and column (in characters) where `needle` first appears in `text`; `nth`
+/// skips that many earlier occurrences.
+fn position_of(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let (at, _) = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no {needle:?} #{nth} in {text}"));
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+const LISTENER: &str = r#"
+[listeners.web]
+bind = "127.0.0.1:8080"
+mode = "http"
+upstream = "app"
+"#;
+
+#[test]
+fn a_server_listed_twice_is_rejected_at_the_second_entry() {
+    let inline = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = [
+  {{ address = "127.0.0.1:8081" }},
+  {{ address = "127.0.0.1:8082" }},
+  {{ address = "127.0.0.1:8081", weight = 2 }},
+]
+"#
+    );
+    let (line, column, key, message) = located_error(&inline);
+    assert_eq!(
+        (line, column),
+        position_of(&inline, "\"127.0.0.1:8081\"", 1)
+    );
+    assert_eq!((line, column), (11, 15));
+    assert_eq!(key, "upstreams.app.servers[2].address");
+    assert_eq!(message, "server `127.0.0.1:8081` is listed twice");
+
+    let tables = format!(
+        r#"{LISTENER}
+[[upstreams.app.servers]]
+address = "127.0.0.1:8081"
+
+[[upstreams.app.servers]]
+weight = 3
+address = "127.0.0.1:8081"
+"#
+    );
+    let (line, column, key, message) = located_error(&tables);
+    assert_eq!((line, column), (12, 11));
+    assert_eq!(
+        (line, column),
+        position_of(&tables, "\"127.0.0.1:8081\"", 1)
+    );
+    assert_eq!(key, "upstreams.app.servers[1].address");
+    assert!(message.contains("listed twice"), "{message}");
+
+    // The same address string: a name and the IP it resolves to are two entries.
+    let text = inline.replace(
+        "{ address = \"127.0.0.1:8081\", weight = 2 }",
+        "{ address = \"localhost:8081\", weight = 2 }",
+    );
+    assert_eq!(parse(&text).unwrap().upstreams[0].servers.len(), 3);
+}
+
+#[test]
+fn zero_weight_on_its_own_line_of_a_server_table_is_located_there() {
+    // TOML 1.0 inline tables cannot span lines, so a server written over several lines is a
+    // [[upstreams.NAME.servers]] table.
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+connect_timeout = "1s"
+
+[[upstreams.app.servers]]
+address = "127.0.0.1:8081"
+
+[[upstreams.app.servers]]
+address = "127.0.0.1:8082"
+backup = true
+    weight = 0
+"#
+    );
+    let (line, column, key, message) = located_error(&text);
+    assert_eq!((line, column), (16, 14), "at the 0 of `weight = 0`");
+    assert_eq!(
+        (line, column - "weight = ".len()),
+        position_of(&text, "weight", 0)
+    );
+    assert_eq!(key, "upstreams.app.servers[1].weight");
+    assert_eq!(message, "weight must be 1..=1000, got 0");
+
+    // The same server as a multi-line inline table is a syntax error at the end of its first line,
+    // which says how to write it instead.
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = [
+  {{ address = "127.0.0.1:8081",
+    weight = 0 }},
+]
+"#
+    );
+    let (line, column, key, message) = located_error(&text);
+    assert_eq!((line, column), (9, 31), "after the comma ending the line");
+    assert_eq!(key, "servers");
+    assert!(message.starts_with("invalid inline table"), "{message}");
+    assert!(message.contains("[[upstreams.NAME.servers]]"), "{message}");
+}
+
+#[test]
+fn every_server_and_upstream_rule_points_at_the_value_it_is_about() {
+    // (the upstream's lines, the text the error must point at, which occurrence, key, message)
+    let cases: &[(&str, &str, usize, &str, &str)] = &[
+        (
+            "servers = [ { address = \"127.0.0.1:8081\", weight = 1001 } ]",
+            "1001",
+            0,
+            "upstreams.app.servers[0].weight",
+            "weight must be 1..=1000, got 1001",
+        ),
+        (
+            "servers = [\n  { address = \"127.0.0.1:8081\" },\n  { address = \"localhost\" },\n]",
+            "\"localhost\"",
+            0,
+            "upstreams.app.servers[1].address",
+            "`localhost` needs a port (IP:port or host:port)",
+        ),
+        (
+            "servers = [ { address = \"\" } ]",
+            "\"\"",
+            0,
+            "upstreams.app.servers[0].address",
+            "the address is empty; write IP:port or host:port",
+        ),
+        (
+            "servers = [ ]",
+            "[ ]",
+            0,
+            "upstreams.app.servers",
+            "an upstream needs at least one server",
+        ),
+        (
+            "strategy = \"leastconn\"\nservers = [ { address = \"127.0.0.1:8081\" } ]",
+            "\"leastconn\"",
+            0,
+            "upstreams.app.strategy",
+            "unknown strategy",
+        ),
+        (
+            "response_timeout = \"0s\"\nservers = [ { address = \"127.0.0.1:8081\" } ]",
+            "\"0s\"",
+            0,
+            "upstreams.app.response_timeout",
+            "must be greater than 0",
+        ),
+        (
+            "pool_idle_timeout = \"soon\"\nservers = [ { address = \"127.0.0.1:8081\" } ]",
+            "\"soon\"",
+            0,
+            "upstreams.app.pool_idle_timeout",
+            "not a duration",
+        ),
+        (
+            "servers = [ { address = \"127.0.0.1:8081\" } ]\n\n[upstreams.app.ejection]\nbase_time = \"10s\"\nmax_time = \"5s\"",
+            "\"5s\"",
+            0,
+            "upstreams.app.ejection.max_time",
+            "at least base_time",
+        ),
+        (
+            "servers = [ { address = \"127.0.0.1:8081\" } ]\n\n[upstreams.app.health_check]\nkind = \"http\"\npath = \"healthz\"",
+            "\"healthz\"",
+            0,
+            "upstreams.app.health_check.path",
+            "must start with `/`",
+        ),
+        // Type errors and missing fields, found by the TOML parser.
+        (
+            "servers = [ { address = \"127.0.0.1:8081\", weight = -1 } ]",
+            "-1",
+            0,
+            "weight",
+            "invalid value: integer `-1`, expected u32",
+        ),
+        (
+            "retries = -1\nservers = [ { address = \"127.0.0.1:8081\" } ]",
+            "-1",
+            0,
+            "retries",
+            "invalid value: integer `-1`",
+        ),
+        (
+            "servers = [ { address = \"127.0.0.1:8081\", wieght = 2 } ]",
+            "wieght",
+            0,
+            "wieght",
+            "unknown field `wieght`",
+        ),
+        (
+            "servers = [ { address = \"127.0.0.1:8081\" }, { weight = 2 } ]",
+            "{ weight",
+            0,
+            "address",
+            "missing field `address`",
+        ),
+        (
+            "retries = 1",
+            "[upstreams.app]",
+            0,
+            "upstreams.app.servers",
+            "missing field `servers`",
+        ),
+        (
+            "retries = 1\n\n[[upstreams.app.servers]]\naddress = \"127.0.0.1:8081\"\n\n[[upstreams.app.servers]]\nweight = 2",
+            "[[upstreams.app.servers]]",
+            1,
+            "upstreams.app.servers[1].address",
+            "missing field `address`",
+        ),
+    ];
+    for &(lines, needle, nth, want_key, want_message) in cases {
+        let text = format!("{LISTENER}\n[upstreams.app]\n{lines}\n");
+        let (line, column, key, message) = located_error(&text);
+        assert_eq!(
+            (line, column),
+            position_of(&text, needle, nth),
+            "{lines}: {key}: {message}"
+        );
+        assert_eq!(key, want_key, "{lines}: {message}");
+        assert!(message.contains(want_message), "{lines}: {message}");
+    }
+}

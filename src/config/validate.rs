@@ -464,6 +464,9 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = address.parse() {
         return Ok(addr);
     }
+    if address.trim().is_empty() {
+        return Err("the address is empty; write IP:port or host:port".to_string());
+    }
     if !address.contains(':') {
         return Err(format!("`{address}` needs a port (IP:port or host:port)"));
     }
