@@ -521,3 +521,58 @@ async fn a_reload_moves_the_access_log_and_refuses_one_it_cannot_open() {
         serde_json::from_str(std::fs::read_to_string(&second).unwrap().trim()).unwrap();
     assert_eq!(line["path"], "/three");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_server_listed_twice_or_a_zero_weight_is_refused_at_its_line() {
+    let a = HttpBackend::start("a", Behaviour::Identity).await;
+    let b = HttpBackend::start("b", Behaviour::Identity).await;
+    let d = Daemon::builder(&config(&[&a], &[], false, "app"))
+        .start()
+        .await;
+    let base = config(&[], &[], false, "app");
+    let (head, _) = base.split_once("[upstreams.app]").unwrap();
+    let twice = format!(
+        "{head}[upstreams.app]\nservers = [\n  {{ address = \"{a}\" }},\n  {{ address = \"{a}\" }},\n]\n",
+        a = a.addr()
+    );
+    let zero = format!(
+        "{head}[[upstreams.app.servers]]\naddress = \"{}\"\n\n[[upstreams.app.servers]]\naddress = \"{}\"\nweight = 0\n",
+        a.addr(),
+        b.addr()
+    );
+    let line_of =
+        |text: &str, needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
+    for (text, key, line, column) in [
+        (
+            &twice,
+            "upstreams.app.servers[1].address",
+            line_of(&twice, "},") + 1,
+            15,
+        ),
+        (
+            &zero,
+            "upstreams.app.servers[1].weight",
+            line_of(&zero, "weight = 0"),
+            10,
+        ),
+    ] {
+        let at = format!("at line {line}, column {column}, key `{key}`");
+        d.write_config(text);
+        let (code, out, err) = reload_command(&d).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains(&at), "fulcrum reload: {err}\nwanted {at}");
+        // The daemon's own validation says the same.
+        let before = reloads(&d, "error").await;
+        d.signal("HUP");
+        assert!(
+            eventually(Duration::from_secs(5), || d.stderr_text().contains(&at)).await,
+            "the daemon did not log {at}:\n{}",
+            d.stderr_text()
+        );
+        assert_eq!(reloads(&d, "error").await, before + 1.0);
+    }
+    let mut client = H1Client::connect(d.addr("web")).await;
+    for _ in 0..4 {
+        assert_eq!(client.get("/").await.backend(), "a", "nothing changed");
+    }
+}
