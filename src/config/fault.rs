@@ -246,10 +246,21 @@ impl Validator<'_> {
         };
         let k = |name: &str| format!("{key}.{name}");
         let e = value.into_inner();
+        let base_span = e.base_time.as_ref().map(|b| b.span());
         let base_time = self.positive_duration(&k("base_time"), e.base_time, default.base_time)?;
         let max_span = e.max_time.as_ref().map(|m| m.span());
         let max_time = self.positive_duration(&k("max_time"), e.max_time, default.max_time)?;
         if max_time < base_time {
+            // Point at max_time when written; else base_time went past the default max_time.
+            if let (None, Some(span)) = (&max_span, base_span) {
+                return Err(self.err(
+                    span,
+                    k("base_time"),
+                    format!(
+                        "must be at most max_time ({max_time:?}, the default); raise max_time too"
+                    ),
+                ));
+            }
             return Err(self.err(
                 max_span.unwrap_or(0..0),
                 k("max_time"),

@@ -865,3 +865,18 @@ fn every_server_and_upstream_rule_points_at_the_value_it_is_about() {
         assert!(message.contains(want_message), "{lines}: {message}");
     }
 }
+
+#[test]
+fn a_base_time_past_the_default_max_time_is_reported_at_base_time() {
+    let text = "[upstreams.app]\nservers = [{ address = \"127.0.0.1:1\" }]\n[upstreams.app.ejection]\nbase_time = \"600s\"\n";
+    let (line, column, key, message) = located_error(text);
+    assert_eq!(
+        (line, column, key.as_str()),
+        (4, 13, "upstreams.app.ejection.base_time"),
+        "{message}"
+    );
+    assert!(message.contains("raise max_time"), "{message}");
+    let both = format!("{text}max_time = \"60s\"\n");
+    let (line, _, key, _) = located_error(&both);
+    assert_eq!((line, key.as_str()), (5, "upstreams.app.ejection.max_time"));
+}
