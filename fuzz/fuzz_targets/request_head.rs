@@ -1,7 +1,8 @@
 //! Any bytes given to the request-head codec: `find_end` (also fed in pieces), `check_partial` and
 //! `request::parse` never panic; an accepted head, once rewritten for the server, parses again
 //! with the same method, path and query, `Host`, framing and WebSocket upgrade, as HTTP/1.1, with
-//! one `X-Forwarded-For` ending in the client and no hop-by-hop or nominated header left.
+//! one `X-Forwarded-For` ending in the client, one `X-Request-Id` and one `traceparent`, and no
+//! hop-by-hop or nominated header left.
 //!
 //! The rewrite is what a server trusts to frame the body the proxy sends after it: a head that
 //! reads differently after it is a request-smuggling bug.
@@ -18,6 +19,7 @@ use fulcrum::config::{HttpLimits, MOST_REQUEST_HEADERS};
 use fulcrum::proxy::h1::fields::tokens;
 use fulcrum::proxy::h1::request::{self, RequestHead, Target};
 use fulcrum::proxy::h1::rewrite::{self, Out};
+use fulcrum::proxy::ids::Ids;
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT_IP: &str = "192.0.2.1";
@@ -71,10 +73,20 @@ fn find_end_in_pieces(buf: &[u8], piece: usize) -> Option<usize> {
 
 fn check_rewrite(head: &RequestHead, buf: &[u8], limits: &HttpLimits) {
     let mut out = Out::new();
-    rewrite::request(head, buf, CLIENT_IP, &mut out);
+    // With tracing on, so that both ways of writing `traceparent` (passed on, or started) run.
+    let ids = Ids::of_h1(head, buf, true);
+    rewrite::request(head, buf, CLIENT_IP, &ids, &mut out);
     let new = out.bytes();
     let shown = String::from_utf8_lossy(new);
     let lines = common::header_lines(new);
+
+    // Exactly one X-Request-Id, the one decided for the request, and exactly one traceparent.
+    assert_eq!(
+        common::values(&lines, "x-request-id"),
+        [ids.request_id.as_bytes()],
+        "{shown}"
+    );
+    assert_eq!(common::values(&lines, "traceparent").len(), 1, "{shown}");
 
     // The request line says HTTP/1.1 (the rest is compared once parsed again, below).
     let line_end = new.windows(2).position(|w| w == b"\r\n").unwrap();

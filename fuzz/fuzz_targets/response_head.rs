@@ -13,7 +13,7 @@
 #[path = "common.rs"]
 mod common;
 
-use fulcrum::proxy::h1::fields::{content_length, tokens, Kind};
+use fulcrum::proxy::h1::fields::{content_length, tokens};
 use fulcrum::proxy::h1::response::{
     self, BodyFraming, ResponseHead, MOST_RESPONSE_HEAD, MOST_RESPONSE_HEADERS,
 };
@@ -122,9 +122,12 @@ fn legs(head: &ResponseHead) -> Vec<ClientLeg> {
     legs
 }
 
+/// The request id the client is given back on every rewritten response.
+const REQUEST_ID: &[u8] = b"0123456789abcdef0123456789abcdef";
+
 fn check_rewrite(head: &ResponseHead, buf: &[u8], head_request: bool, leg: ClientLeg) {
     let mut out = Out::new();
-    rewrite::response(head, buf, leg, &mut out);
+    rewrite::response(head, buf, leg, Some(REQUEST_ID), &mut out);
     let new = out.bytes();
     let shown = String::from_utf8_lossy(new);
     assert!(new.starts_with(b"HTTP/1.1 "), "{shown}");
@@ -144,6 +147,8 @@ fn check_rewrite(head: &ResponseHead, buf: &[u8], head_request: bool, leg: Clien
     assert_eq!(again.status, head.status, "{shown}");
     assert_eq!(again.reason.get(new), head.reason.get(buf), "{shown}");
     assert!(!again.http10, "{shown}");
+    let request_ids = common::values(&common::header_lines(new), "x-request-id");
+    assert_eq!(request_ids, [REQUEST_ID], "the client gets its request id once: {shown}");
 
     // The framing the client reads is the leg's: chunked as said, else the server's length.
     let want = match head.framing {
